@@ -1,0 +1,241 @@
+"""A mixture of diagonal Gaussians with exact, reparameterized samples (Graves 2016)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import Categorical, Distribution, Independent, Normal, constraints
+
+from mixvae.distributions import graves_transform as gt
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _broadcast_shapes(*shapes, what: str):
+    try:
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        raise ValueError(
+            f"DiagGaussianMixture: {what} do not broadcast ({', '.join(str(tuple(s)) for s in shapes)}); "
+            "expected logits [..., K] and loc, scale [..., K, D]"
+        ) from None
+
+
+def _conditional_cdf(value, logits, loc, scale):
+    """u_d = F_d(value_d | value_<d), ``[..., D]``; stable in both tails (see graves_transform)."""
+    x = (value.unsqueeze(-2) - loc) / scale  # [..., K, D]
+    log_phi = -0.5 * x * x - scale.log() - _HALF_LOG_2PI
+    a = torch.nn.functional.pad(log_phi[..., :-1], (1, 0)).cumsum(-1) + logits.unsqueeze(-1)
+    log_w = a - a.logsumexp(-2, keepdim=True)
+    log_u = (log_w + torch.special.log_ndtr(x)).logsumexp(-2)
+    log_sf = (log_w + torch.special.log_ndtr(-x)).logsumexp(-2)
+    # 1 - exp(log(1 - u)) above the median keeps the digits of u close to 1
+    return torch.where(log_u < math.log(0.5), log_u.exp(), -torch.expm1(log_sf))
+
+
+class DiagGaussianMixture(Distribution):
+    r"""q(z) = sum_k pi_k prod_d N(z_d; loc_kd, scale_kd),  pi = softmax(logits).
+
+    Args:
+        logits: ``[*batch, K]`` unnormalised log mixture weights.
+        loc: ``[*batch, K, D]`` component means.
+        scale: ``[*batch, K, D]`` component standard deviations (> 0).
+        validate_args: check shapes and values, raising a one-line ``ValueError`` naming the argument
+            (None: torch's global default, see ``torch.distributions.Distribution.set_default_validate_args``).
+        block_size: dimensions per triangular solve in the Graves backward pass.
+
+    The three parameter tensors broadcast against each other; ``batch_shape`` is the broadcast ``[*batch]`` and
+    ``event_shape`` is ``(D,)``.
+
+    ``rsample`` draws exactly (component index, then Gaussian) and differentiates with Graves' transform:
+    the gradient holds the distributional transform u = F(z) fixed (``shared/docs/estimators.md`` section 1),
+    in O(K D) time and memory per sample. With K = 1 it is exactly ``Normal(loc, scale).rsample``.
+    """
+
+    arg_constraints = {
+        "logits": constraints.independent(constraints.real, 1),
+        "loc": constraints.independent(constraints.real, 2),
+        "scale": constraints.independent(constraints.positive, 2),
+    }
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, logits, loc, scale, validate_args=None, block_size: int = gt.DEFAULT_BLOCK_SIZE):
+        validate = Distribution._validate_args if validate_args is None else bool(validate_args)
+        for name, value, min_dim in (("logits", logits, 1), ("loc", loc, 2), ("scale", scale, 2)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"DiagGaussianMixture: {name} must be a torch.Tensor, got {type(value).__name__}")
+            if value.dim() < min_dim:
+                shape = "[..., K]" if min_dim == 1 else "[..., K, D]"
+                raise ValueError(
+                    f"DiagGaussianMixture: {name} must have shape {shape}, got {tuple(value.shape)}"
+                )
+        kd = _broadcast_shapes(loc.shape[-2:], scale.shape[-2:], what="loc and scale")
+        k = _broadcast_shapes(logits.shape[-1:], kd[:1], what="the component axes (K) of logits and loc/scale")[0]
+        batch_shape = _broadcast_shapes(
+            logits.shape[:-1], loc.shape[:-2], scale.shape[:-2], what="the batch shapes of logits, loc and scale"
+        )
+        if validate:
+            self._check_values(logits, loc, scale)
+        dtype = torch.promote_types(torch.promote_types(logits.dtype, loc.dtype), scale.dtype)
+        if not dtype.is_floating_point:
+            raise ValueError(f"DiagGaussianMixture: parameters must be floating point, got {dtype}")
+        self.logits = logits.to(dtype).expand(*batch_shape, k)
+        self.loc = loc.to(dtype).expand(*batch_shape, k, kd[1])
+        self.scale = scale.to(dtype).expand(*batch_shape, k, kd[1])
+        self.block_size = int(block_size)
+        super().__init__(batch_shape, torch.Size([kd[1]]), validate_args=False)
+        self._validate_args = validate  # validate samples passed to log_prob as the user asked
+
+    @staticmethod
+    def _check_values(logits, loc, scale):
+        # One host sync per check: validation is for debugging and user code, not the training hot path.
+        if torch.isnan(logits).any() or (logits == math.inf).any():
+            raise ValueError("DiagGaussianMixture: logits contain NaN or +inf (use finite values; -inf masks a component)")
+        if torch.isneginf(logits).all(-1).any():
+            raise ValueError("DiagGaussianMixture: every logit of some mixture is -inf (at least one must be finite)")
+        if not torch.isfinite(loc).all():
+            raise ValueError("DiagGaussianMixture: loc contains NaN or inf")
+        if not torch.isfinite(scale).all():
+            raise ValueError("DiagGaussianMixture: scale contains NaN or inf")
+        if not (scale > 0).all():
+            raise ValueError("DiagGaussianMixture: scale must be > 0 (use softplus or exp of a network output)")
+
+    # ---- accessors -------------------------------------------------------------------------------------------
+    @property
+    def num_components(self) -> int:
+        return self.logits.shape[-1]
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log pi ``[*batch, K]``."""
+        return self.logits.log_softmax(-1)
+
+    @property
+    def mixture_distribution(self) -> Categorical:
+        return Categorical(logits=self.logits, validate_args=False)
+
+    @property
+    def component_distribution(self) -> Independent:
+        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``[*batch, D]``: sum_k pi_k mu_k."""
+        return (self.log_weights.exp().unsqueeze(-1) * self.loc).sum(-2)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """``[*batch, D]``: sum_k pi_k (sigma_k^2 + mu_k^2) - mean^2 (law of total variance)."""
+        w = self.log_weights.exp().unsqueeze(-1)
+        mean = (w * self.loc).sum(-2)
+        return (w * (self.loc - mean.unsqueeze(-2)).pow(2)).sum(-2) + (w * self.scale.pow(2)).sum(-2)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(DiagGaussianMixture, _instance)
+        k, d = self.num_components, self.event_shape[0]
+        new.logits = self.logits.expand(*batch_shape, k)
+        new.loc = self.loc.expand(*batch_shape, k, d)
+        new.scale = self.scale.expand(*batch_shape, k, d)
+        new.block_size = self.block_size
+        Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    # ---- sampling --------------------------------------------------------------------------------------------
+    def sample_index(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Component indices ``[*sample_shape, *batch]`` (int64), k ~ Cat(pi)."""
+        shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            probs = self.log_weights.exp().reshape(-1, self.num_components)
+            n = shape.numel()
+            idx = torch.multinomial(probs, n, replacement=True)  # [prod(batch), n]
+            return idx.t().reshape(shape + self.batch_shape)
+
+    def rsample_component(self, index: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z = loc[k] + scale[k] * eps for given indices ``[*S, *batch]``: pathwise in loc and scale only
+        (no gradient to the logits; the score-function estimators supply that). Returns ``[*S, *batch, D]``."""
+        d = self.event_shape[0]
+        lead = index.shape
+        loc = self.loc.expand(*lead, self.num_components, d)
+        scale = self.scale.expand(*lead, self.num_components, d)
+        gather = index.unsqueeze(-1).unsqueeze(-1).expand(*lead, 1, d)
+        if eps is None:
+            eps = torch.randn(*lead, d, dtype=self.loc.dtype, device=self.loc.device)
+        return torch.gather(loc, -2, gather).squeeze(-2) + torch.gather(scale, -2, gather).squeeze(-2) * eps
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Exact sample ``[*sample_shape, *batch, D]`` with Graves' pathwise gradient to logits, loc and scale."""
+        shape = self._extended_shape(sample_shape)  # [*S, *batch, D]
+        k, d = self.num_components, self.event_shape[0]
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        if k == 1:  # the Gaussian reparameterization, bit for bit
+            return self.loc[..., 0, :] + self.scale[..., 0, :] * eps
+        index = self.sample_index(sample_shape)
+        if not (torch.is_grad_enabled() and (self.logits.requires_grad or self.loc.requires_grad
+                                              or self.scale.requires_grad)):
+            return self.rsample_component(index, eps).detach()
+        lead = index.shape
+        n = lead.numel()
+        z = gt.GravesSample.apply(
+            self.logits.expand(*lead, k).reshape(n, k),
+            self.loc.expand(*lead, k, d).reshape(n, k, d),
+            self.scale.expand(*lead, k, d).reshape(n, k, d),
+            index.reshape(n),
+            eps.reshape(n, d),
+            self.block_size,
+        )
+        return z.reshape(shape)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            index = self.sample_index(sample_shape)
+            return self.rsample_component(index)
+
+    # ---- densities -------------------------------------------------------------------------------------------
+    def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log N(value; loc_k, diag scale_k^2) for every k: ``[..., D] -> [..., K]`` (broadcast with batch)."""
+        x = (value.unsqueeze(-2) - self.loc) / self.scale  # [..., K, D]
+        return (-0.5 * x * x - self.scale.log()).sum(-1) - self.event_shape[0] * _HALF_LOG_2PI
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Marginal log density ``[*sample, *batch]`` (logsumexp over components)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        return (self.component_log_prob(value) + self.log_weights).logsumexp(-1)
+
+    def cdf_conditional(self, value: torch.Tensor) -> torch.Tensor:
+        """The distributional transform u_d = F_d(z_d | z_<d): ``[..., D]`` -> ``[..., D]`` in (0, 1).
+
+        For z ~ q the coordinates of u are independent Uniform(0, 1) (Graves 2016, eq. 2)."""
+        return _conditional_cdf(value, self.logits, self.loc, self.scale)
+
+    def inverse_cdf_conditional(self, u: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+        """Invert :meth:`cdf_conditional` coordinate by coordinate by bisection: ``[..., D] -> [..., D]``.
+
+        Slow (D sequential bisections of ``iterations`` steps) but exact to the working precision: the reference
+        map z(u; theta) whose derivative Graves' transform computes. Runs without gradient."""
+        with torch.no_grad():
+            d = self.event_shape[0]
+            shape = torch.broadcast_shapes(u.shape, self._extended_shape())
+            z = torch.zeros(shape, dtype=self.loc.dtype, device=self.loc.device)
+            u = u.expand(shape)
+            span = (self.loc.abs() + 40 * self.scale).amax(dim=(-2, -1))  # bracket per mixture, [*batch]
+            for j in range(d):
+                lo = -span.expand(shape[:-1]).clone()
+                hi = span.expand(shape[:-1]).clone()
+                for _ in range(iterations):
+                    mid = 0.5 * (lo + hi)
+                    z[..., j] = mid
+                    cdf = _conditional_cdf(z[..., : j + 1], self.logits, self.loc[..., : j + 1], self.scale[..., : j + 1])
+                    below = cdf[..., j] < u[..., j]
+                    lo = torch.where(below, mid, lo)
+                    hi = torch.where(below, hi, mid)
+                z[..., j] = 0.5 * (lo + hi)
+            return z
+
+    def __repr__(self):
+        return (f"DiagGaussianMixture(batch_shape={tuple(self.batch_shape)}, K={self.num_components}, "
+                f"D={self.event_shape[0]})")

@@ -1,0 +1,242 @@
+r"""Graves' pathwise gradient for samples of a diagonal Gaussian mixture.
+
+Graves (2016), "Stochastic backpropagation through mixture density distributions"; generalised as implicit
+reparameterization by Figurnov, Mohamed & Mnih (2018). The math and notation are those of
+``shared/docs/estimators.md`` section 1; in short, for one sample z of
+
+    q(z) = sum_k pi_k prod_d N(z_d; mu_kd, sigma_kd)
+
+the distributional transform u = F(z; theta), u_d = F_d(z_d | z_<d), maps z to independent uniforms. Holding u
+fixed, J dz/dtheta = -du/dtheta with J = du/dz lower triangular, so the vector-Jacobian product of a loss L is
+
+    dL/dtheta = -v^T du/dtheta,     J^T v = dL/dz.
+
+Because J's off-diagonal entries factor through the component index (J_ed = sum_k c_ke s_kd for e > d), the
+triangular solve needs no D x D matrix: one backward sweep over d carries C_k = sum_{e>d} v_e c_ke, O(K D) per
+sample. We solve it in blocks of ``block_size`` dimensions: inside a block the system is a small unit-triangular
+solve (one batched call), between blocks only the K running sums C_k are carried, so the number of sequential
+steps is D / block_size and the cost stays linear in D.
+
+Numerics: every quantity that underflows in a tail (the conditional density f_d, phi_kd, Phi_kd - u_d) is only
+ever used as a ratio, computed in log space:
+    r_kd    = w_kd phi_kd / f_d                      (a softmax over k)
+    chat_kd = c_kd / f_d = w_kd (Phi_kd - u_d) / f_d (from log Phi below the conditional median, log(1 - Phi) above)
+and the sweep is written for v'_d = v_d f_d, which is finite wherever the ratios are.
+
+Two implementations of the backward pass are kept:
+- :func:`graves_vjp` (blocked, vectorised; the one autograd uses), and
+- :func:`graves_vjp_reference` (one plain step per dimension, straight from the notes), which the tests compare
+  against and which documents the algorithm.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_INV_SQRT2 = 1 / math.sqrt(2)
+# Beyond these |x| the tail mass 0.5 erfc(|x|/sqrt 2) underflows (or loses digits) and the series takes over.
+_ERFC_SAFE = {torch.float16: 5.0, torch.bfloat16: 9.0, torch.float32: 9.0, torch.float64: 26.0}
+
+#: Dimensions solved together in one triangular solve of the blocked backward pass (the notes suggest 16-64).
+DEFAULT_BLOCK_SIZE = 32
+
+
+def log_normal_tails(x: torch.Tensor):
+    """(log Phi(x), log(1 - Phi(x))) for the standard normal, accurate in both tails.
+
+    The smaller tail T(|x|) = Phi(-|x|) comes from erfc (vectorised, unlike ``torch.special.log_ndtr``, which is
+    10x slower on CPU) and, where erfc underflows, from the asymptotic series of the Mills ratio
+    (Abramowitz & Stegun 26.2.12); the larger tail is log(1 - T). log(1 - T) loses only absolute digits
+    near 0, which the mixture sums below tolerate.
+    """
+    t = x.abs()
+    threshold = _ERFC_SAFE[x.dtype] if x.dtype in _ERFC_SAFE else 9.0
+    small = (0.5 * torch.erfc(t * _INV_SQRT2)).log()
+    t_big = t.clamp(min=threshold)  # keeps the unused branch finite
+    inv2 = t_big.pow(-2)
+    series = 1 + inv2 * (-1 + inv2 * (3 + inv2 * (-15 + inv2 * 105)))
+    big = -0.5 * t_big * t_big - t_big.log() - _HALF_LOG_2PI + series.log()
+    log_small = torch.where(t < threshold, small, big)
+    log_large = (-log_small.exp()).log1p() if x.dtype == torch.float64 else (1 - log_small.exp()).log()
+    negative = x < 0
+    return torch.where(negative, log_small, log_large), torch.where(negative, log_large, log_small)
+
+
+def graves_coefficients(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
+    """Per-sample coefficients of the Graves backward pass.
+
+    Args:
+        z: samples ``[N, D]``.
+        logits: ``[N, K]`` (unnormalised; only their softmax matters).
+        loc, scale: ``[N, K, D]``.
+
+    Returns:
+        ``(r, chat, s, x)``, each ``[N, K, D]``:
+        r = w phi / f (responsibilities of dimension d given z_<=d), chat = w (Phi - u) / f,
+        s = d log N(z_d; mu_kd, sigma_kd) / dz_d = -x / sigma, x = (z - mu) / sigma.
+    """
+    x = (z.unsqueeze(-2) - loc) / scale  # [N, K, D]
+    log_phi = -0.5 * x * x - scale.log() - _HALF_LOG_2PI  # [N, K, D]
+    # a_kd = log pi_k + sum_{j<d} log phi_kj: the exclusive cumulative sum, built by shifting so that no
+    # cancellation (cumsum - log_phi) loses digits once the sum has grown large.
+    a = F.pad(log_phi[..., :-1], (1, 0)).cumsum(-1) + logits.unsqueeze(-1)  # [N, K, D]
+    log_w = a - a.logsumexp(-2, keepdim=True)  # [N, K, D], w_kd = p(k | z_<d)
+    log_w_phi = log_w + log_phi
+    log_f = log_w_phi.logsumexp(-2, keepdim=True)  # [N, 1, D], conditional density f_d
+    r = (log_w_phi - log_f).exp()
+    w = log_w.exp()
+
+    log_cdf, log_sf = log_normal_tails(x)
+    # Phi_k - u = Phi_k - u (left of the conditional median) = (1 - u) - (1 - Phi_k) (right of it): pick the
+    # form whose terms are small, so that the difference keeps its digits in either tail. Dividing by f
+    # happens inside the exponent, so neither the tail masses nor f need to be representable.
+    left = (w * log_cdf.exp()).sum(-2, keepdim=True) < 0.5  # u_d < 1/2, [N, 1, D]
+    tail = ((log_w - log_f) + torch.where(left, log_cdf, log_sf)).exp()  # w Phi / f or w (1 - Phi) / f
+    tail_sum = tail.sum(-2, keepdim=True)  # u / f or (1 - u) / f
+    chat = torch.where(left, tail - w * tail_sum, w * tail_sum - tail)
+    s = -x / scale
+    return r, chat, s, x
+
+
+def _parameter_grads(v, big_c, r, chat, s, x, scale):
+    """dL/dtheta from v'_d [N, D] and C_kd = sum_{e>d} v'_e chat_ke [N, K, D]."""
+    v = v.unsqueeze(-2)  # [N, 1, D]
+    v_r = v * r
+    grad_loc = v_r + big_c * s
+    grad_scale = v_r * x - big_c * (x * x - 1) / scale
+    grad_logits = -(v * chat).sum(-1)
+    return grad_logits, grad_loc, grad_scale
+
+
+# ---- backends ---------------------------------------------------------------------------------------------------
+# The elementwise work over [N, K, D] (about 25 passes in eager mode) dominates the backward pass once the sweep is
+# blocked; torch.compile fuses it into a few loops. "auto" compiles when it can and falls back to eager PyTorch
+# (with one warning) when it cannot, e.g. without a C++ compiler. MIXVAE_GRAVES_BACKEND picks it at import.
+BACKENDS = ("auto", "compile", "eager")
+_state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": None, "failed": False}
+
+
+def set_backend(name: str) -> None:
+    """Choose how the Graves backward pass computes its elementwise coefficients: "auto", "compile", "eager"."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown Graves backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    _state["backend"] = name
+
+
+def get_backend() -> str:
+    return _state["backend"]
+
+
+def _coefficient_fn():
+    backend = _state["backend"]
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"MIXVAE_GRAVES_BACKEND={backend!r} is not a Graves backend; choose one of {', '.join(BACKENDS)}"
+        )
+    if backend == "eager" or (backend == "auto" and _state["failed"]):
+        return graves_coefficients, _parameter_grads
+    if _state["compiled"] is None:
+        _state["compiled"] = (
+            torch.compile(graves_coefficients, dynamic=None),
+            torch.compile(_parameter_grads, dynamic=None),
+        )
+    return _state["compiled"]
+
+
+def _coefficients(z, logits, loc, scale):
+    coef, _ = _coefficient_fn()
+    try:
+        return coef(z, logits, loc, scale)
+    except Exception as err:  # a compiler missing or failing must not stop training
+        if _state["backend"] != "auto" or coef is graves_coefficients:
+            raise
+        _state["failed"] = True
+        warnings.warn(f"mixvae: torch.compile of the Graves backward failed ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); using eager PyTorch", stacklevel=3)
+        return graves_coefficients(z, logits, loc, scale)
+
+
+def _grads(*args):
+    _, grads = _coefficient_fn()
+    try:
+        return grads(*args)
+    except Exception:
+        if _state["backend"] != "auto" or grads is _parameter_grads:
+            raise
+        _state["failed"] = True
+        return _parameter_grads(*args)
+
+
+def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SIZE):
+    """Blocked back-substitution for dL/d(logits, loc, scale) given dL/dz.
+
+    Args:
+        grad_z, z: ``[N, D]``; logits ``[N, K]``; loc, scale ``[N, K, D]``.
+        block_size: dimensions per triangular solve; time O(K D block_size), D / block_size sequential steps.
+
+    Returns:
+        ``(grad_logits [N, K], grad_loc [N, K, D], grad_scale [N, K, D])``.
+    """
+    r, chat, s, x = _coefficients(z, logits, loc, scale)
+    n, k, d = r.shape
+    v = torch.empty_like(grad_z)  # v'_d = v_d f_d, [N, D]
+    big_c = torch.empty_like(r)  # C_kd, [N, K, D]
+    carry = grad_z.new_zeros(n, k)  # C_k from the blocks already solved (dimensions to the right)
+    for stop in range(d, 0, -block_size):
+        start = max(stop - block_size, 0)
+        s_b, c_b = s[..., start:stop], chat[..., start:stop]  # [N, K, b]
+        # v'_d + sum_{e in block, e>d} (sum_k s_kd chat_ke) v'_e = g_d - sum_k s_kd C_k
+        rhs = grad_z[:, start:stop] - torch.einsum("nkb,nk->nb", s_b, carry)  # [N, b]
+        coupling = torch.bmm(s_b.transpose(1, 2), c_b).triu(1)  # [N, b, b]; unit diagonal implied
+        v_b = torch.linalg.solve_triangular(coupling, rhs.unsqueeze(-1), upper=True, unitriangular=True)
+        v_b = v_b.squeeze(-1)  # [N, b]
+        contrib = c_b * v_b.unsqueeze(-2)  # [N, K, b]
+        suffix = contrib.flip(-1).cumsum(-1).flip(-1)  # sum_{e >= d within block}
+        big_c[..., start:stop] = carry.unsqueeze(-1) + suffix - contrib
+        carry = carry + suffix[..., 0]
+        v[:, start:stop] = v_b
+    return _grads(v, big_c, r, chat, s, x, scale)
+
+
+def graves_vjp_reference(grad_z, z, logits, loc, scale):
+    """The same vector-Jacobian product, one dimension at a time (the notes' loop), in eager PyTorch: the
+    reference the tests hold the blocked and compiled paths to."""
+    r, chat, s, x = graves_coefficients(z, logits, loc, scale)
+    n, k, d = r.shape
+    v = torch.empty_like(grad_z)
+    big_c = torch.empty_like(r)
+    carry = grad_z.new_zeros(n, k)
+    for j in range(d - 1, -1, -1):
+        big_c[..., j] = carry
+        v[:, j] = grad_z[:, j] - (s[..., j] * carry).sum(-1)
+        carry = carry + v[:, j : j + 1] * chat[..., j]
+    return _parameter_grads(v, big_c, r, chat, s, x, scale)
+
+
+class GravesSample(torch.autograd.Function):
+    """z = loc[k] + scale[k] * eps forward; Graves' implicit-reparameterization gradient backward.
+
+    Inputs: logits ``[N, K]``, loc and scale ``[N, K, D]``, the drawn component index ``[N]`` (int64) and the
+    standard normal noise ``[N, D]``. Output z ``[N, D]``. The gradient with respect to the index and noise is
+    None: they are the sample's randomness, held fixed (as u is) while the parameters move.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, loc, scale, index, eps, block_size):
+        gather = index.view(-1, 1, 1).expand(-1, 1, loc.shape[-1])
+        z = torch.gather(loc, 1, gather).squeeze(1) + torch.gather(scale, 1, gather).squeeze(1) * eps
+        ctx.save_for_backward(z, logits, loc, scale)
+        ctx.block_size = block_size
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        z, logits, loc, scale = ctx.saved_tensors
+        grads = graves_vjp(grad_z, z, logits, loc, scale, ctx.block_size)
+        return (*grads, None, None, None)
