@@ -1,0 +1,51 @@
+"""Provenance lines shared by the scripts that write results/: command, git revision, hardware."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import torch
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: str = "cpu") -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return f"{cpu_name()}, {os.cpu_count()} cores visible, torch threads = {torch.get_num_threads()}"
+
+
+def header(title: str, command: str | None = None) -> list[str]:
+    command = command or " ".join(["python", *sys.argv])
+    return [
+        f"# {title}",
+        "",
+        f"- command: `{command}`",
+        f"- git revision: `{git_revision()}`",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- torch {torch.__version__}, Python {platform.python_version()}",
+        "",
+    ]
