@@ -1,0 +1,100 @@
+"""The VAE: mixture encoder q(z | x), Bernoulli decoder p(x | z), prior p(z) = N(0, I).
+
+Training goes through an estimator (mixvae/estimators), which owns the gradient: the model only supplies the
+posterior q and the log-weight f(z) = log p(x | z) + log p(z) - log q(z | x). Evaluation (ELBO, the IWAE
+bound on log p(x), active units) needs no estimator and is here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mixvae.distributions import DiagGaussianMixture
+from mixvae.models.decoder import BernoulliDecoder
+from mixvae.models.encoder import MixtureEncoder
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def log_prior(z: Tensor) -> Tensor:
+    """log N(z; 0, I): [..., D] -> [...]."""
+    return -0.5 * z.pow(2).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+
+
+class MixtureVAE(nn.Module):
+    """A one-stochastic-layer VAE with a K-component diagonal Gaussian mixture posterior.
+
+    Default sizes are the IWAE MNIST architecture (Burda et al. 2016, section 5.1): 784-200-200-D encoder and
+    D-200-200-784 decoder with tanh units. K = 1 is exactly the Gaussian VAE.
+
+    Args:
+        x_dim: data dimension (784).
+        num_components: K >= 1 mixture components of q(z | x).
+        latent_dim: D >= 1.
+        hidden: encoder hidden sizes; the decoder uses them reversed.
+        activation: see ``mixvae.models.mlp.ACTIVATIONS``.
+        min_scale: floor added to every component scale.
+        init_spread: std of the per-component offsets of the initial means (see MixtureEncoder).
+        train_mean: [x_dim] mean training image, for the decoder's initial output bias (None: zero bias).
+    """
+
+    def __init__(self, x_dim: int, num_components: int = 1, latent_dim: int = 50,
+                 hidden: list[int] | tuple[int, ...] = (200, 200), activation: str = "tanh",
+                 min_scale: float = 1e-3, init_spread: float = 1.0, train_mean: Tensor | None = None):
+        super().__init__()
+        if num_components < 1:
+            raise ValueError(f"model.num_components (K) must be >= 1, got {num_components}")
+        if latent_dim < 1:
+            raise ValueError(f"model.latent_dim (D) must be >= 1, got {latent_dim}")
+        hidden = list(hidden)
+        self.encoder = MixtureEncoder(x_dim, hidden, num_components, latent_dim, activation, min_scale,
+                                      init_spread)
+        self.decoder = BernoulliDecoder(latent_dim, hidden[::-1], x_dim, activation, train_mean)
+
+    def posterior(self, x: Tensor) -> DiagGaussianMixture:
+        """q(z | x) for x [B, x_dim]: batch shape [B], event shape (D,)."""
+        return self.encoder(x)
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x | z) + log p(z): x [B, x_dim], z [S, B, D] -> [S, B] (any leading S)."""
+        return self.decoder.log_prob(x, z) + log_prior(z)
+
+    def log_weight_fn(self, x: Tensor, q: DiagGaussianMixture) -> Callable[[Tensor], Tensor]:
+        """f(z) = log p(x, z) - log q(z | x), the estimators' integrand: z [S', B, D] -> [S', B].
+
+        log q is the marginal mixture density (logsumexp over components), never the density of the component
+        a sample came from. S' is free: enumeration evaluates f at K * S points.
+        """
+        return lambda z: self.log_joint(x, z) - q.log_prob(z)
+
+    def forward(self, x: Tensor, estimator: nn.Module, num_samples: int, objective: str, **kwargs):
+        """One estimator call on a batch x [B, x_dim]; returns its EstimatorOutput (objective/surrogate [B])."""
+        q = self.posterior(x)
+        return estimator(q, self.log_weight_fn(x, q), num_samples=num_samples, objective=objective,
+                         context=x, **kwargs)
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: Tensor, num_samples: int, chunk: int) -> dict[str, Tensor]:
+        """ELBO and IWAE bound from the same ``num_samples`` draws z_s ~ q(z | x), with no gradient.
+
+        x [B, x_dim] -> dict of [B] tensors:
+            elbo: (1/S) sum_s f(z_s), an S-sample estimate of the ELBO;
+            iwae: log (1/S) sum_s exp f(z_s), the IWAE-S bound on log p(x) (Burda et al. 2016, eq. 8);
+            mean: [B, D] the posterior mean E_q[z] (for active units).
+        The samples are drawn ``chunk`` at a time (memory ~ B * chunk * x_dim floats); the log-mean-exp is
+        accumulated over chunks exactly.
+        """
+        q = self.posterior(x)
+        f_sum = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
+        lse = []
+        for start in range(0, num_samples, chunk):
+            z = q.sample((min(chunk, num_samples - start),))  # [s, B, D]
+            f = self.log_weight_fn(x, q)(z)  # [s, B]
+            f_sum += f.sum(0, dtype=torch.float64)
+            lse.append(torch.logsumexp(f, 0))
+        iwae = torch.logsumexp(torch.stack(lse), 0) - math.log(num_samples)
+        return {"elbo": (f_sum / num_samples).to(x.dtype), "iwae": iwae, "mean": q.mean}

@@ -1,0 +1,247 @@
+"""The training loop in-process: run files, experiments, resume, non-finite values, W&B.
+
+Data: the real files when MIXVAE_DATA_DIR is set (as .ci/run does), else tiny generated fixtures.
+"""
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mixvae.data import load_dataset
+from mixvae.data.fixtures import write_fixture_root
+from mixvae.models import MixtureVAE
+from mixvae.training import ConfigError, NonFiniteError, Trainer, train
+from mixvae.training.metrics import read_metrics
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = [
+    "model.hidden=[16]", "model.latent_dim=2",
+    "train.epochs=2", "train.batch_size=32", "train.max_batches=4", "train.log_every=2",
+    "eval.valid_samples=4", "eval.iwae_samples=10", "eval.chunk=4", "eval.batch_size=50", "eval.max_batches=2",
+    "logger=none", "progress=false", "dataset.download=false",
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    if os.environ.get("MIXVAE_DATA_DIR"):
+        return str(Path(os.environ["MIXVAE_DATA_DIR"]).resolve())
+    return str(write_fixture_root(tmp_path_factory.mktemp("data"), n_train=300, n_test=100))
+
+
+@pytest.fixture(scope="module")
+def _dataset_cache():
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def load_each_dataset_once(monkeypatch, _dataset_cache):
+    """The real MNIST takes a second to read; the runs here never modify a Dataset, so they can share it."""
+    from mixvae.training import loop
+
+    def cached(name, **kwargs):
+        key = (name, *sorted((k, str(v)) for k, v in kwargs.items()))
+        if key not in _dataset_cache:
+            _dataset_cache[key] = load_dataset(name, **kwargs)
+        return _dataset_cache[key]
+
+    monkeypatch.setattr(loop, "load_dataset", cached)
+
+
+@pytest.fixture
+def config(data_root):
+    def make(*overrides):
+        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+            return compose("config", [*TINY, f"dataset.root={data_root}", *overrides])
+    return make
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+def test_run_writes_metrics_summary_and_resolved_config(config, tmp_path):
+    cfg = config()
+    summary = train(cfg, tmp_path)
+    records = read_metrics(tmp_path)
+    keys = set().union(*records)
+    assert {"train/objective", "train/grad_norm", "valid/elbo", "valid/nll_iwae4", "time/epoch_s",
+            "test/elbo", "test/nll_iwae10", "test/active_units"} <= keys
+    assert all("/" in k for k in keys - {"step", "epoch"})
+    assert not any("surrogate" in k or "loss" in k for k in keys)
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps) and records[-1]["step"] == 2 * 4
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["status"] == "completed" and on_disk["epochs"] == 2 and on_disk["steps"] == 8
+    assert {"metrics", "wall_time_s", "config", "git", "hardware", "data"} <= set(on_disk)
+    assert math.isfinite(on_disk["metrics"]["test/nll_iwae10"]) and on_disk["metrics"]["test/nll_iwae10"] > 0
+    assert on_disk["config"]["model"]["latent_dim"] == 2
+    assert OmegaConf.load(tmp_path / "config.yaml") == OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "best.pt").exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_experiment_smoke_runs(config, tmp_path, name):
+    summary = train(config(f"+experiment={name}", "train.epochs=1"), tmp_path)
+    assert summary["status"] == "completed" and math.isfinite(summary["metrics"]["test/elbo"])
+
+
+@pytest.mark.parametrize("estimator", sorted(p.stem for p in (CONFIGS / "estimator").glob("*.yaml")))
+def test_every_estimator_trains_the_vae(config, tmp_path, estimator):
+    cfg = config(f"estimator={estimator}", "train.objective=iwae", "train.num_samples=2", "train.epochs=1",
+                 "eval.every=0")
+    summary = train(cfg, tmp_path)
+    assert math.isfinite(summary["metrics"]["test/elbo"])
+    assert all(math.isfinite(r["train/objective"]) for r in read_metrics(tmp_path) if "train/objective" in r)
+
+
+def test_k1_run_is_a_gaussian_vae(config, tmp_path):
+    summary = train(config("model=gaussian_mlp", "train.epochs=1"), tmp_path)
+    assert summary["config"]["model"]["num_components"] == 1 and summary["status"] == "completed"
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted(config, tmp_path):
+    overrides = ["train.epochs=3", "estimator=score_function", "estimator.baseline=mean"]  # a stateful estimator
+    train(config(*overrides), tmp_path / "straight")
+    stopped = train(config(*overrides, "train.stop_after=1"), tmp_path / "resumed")
+    assert stopped["status"] == "stopped" and not (tmp_path / "resumed" / "summary.json").exists()
+    train(config(*overrides), tmp_path / "resumed")
+    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert without_times(a) == without_times(b)
+
+
+def test_run_killed_mid_epoch_resumes_exactly(config, tmp_path, monkeypatch):
+    """A crash between checkpoints: the records logged after the checkpoint are dropped and redone."""
+    overrides = ["train.epochs=2", "train.log_every=1"]
+    train(config(*overrides), tmp_path / "straight")
+
+    calls = {"n": 0}
+    forward = MixtureVAE.forward
+
+    def dies_at_step_6(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, after its first records were written
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MixtureVAE, "forward", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(*overrides), tmp_path / "resumed")
+    assert max(r["step"] for r in read_metrics(tmp_path / "resumed")) == 5
+    monkeypatch.setattr(MixtureVAE, "forward", forward)
+    train(config(*overrides), tmp_path / "resumed")
+    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert without_times(a) == without_times(b)
+
+
+def test_rerunning_a_completed_run_does_nothing(config, tmp_path):
+    first = train(config(), tmp_path)
+    size = (tmp_path / "metrics.jsonl").stat().st_size
+    again = train(config(), tmp_path)
+    assert again == json.loads(json.dumps(first))
+    assert (tmp_path / "metrics.jsonl").stat().st_size == size
+
+
+def test_resume_false_starts_over_and_resume_true_needs_a_checkpoint(config, tmp_path):
+    train(config(), tmp_path / "a")
+    train(config("resume=false"), tmp_path / "a")
+    train(config(), tmp_path / "b")
+    assert without_times(read_metrics(tmp_path / "a")) == without_times(read_metrics(tmp_path / "b"))
+    with pytest.raises(ConfigError, match="resume=true"):
+        train(config("resume=true"), tmp_path / "empty")
+
+
+def _poison(monkeypatch, at_call, make_bad):
+    calls = {"n": 0}
+    forward = MixtureVAE.forward
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            out.surrogate = make_bad(self, out.surrogate)
+        return out
+
+    monkeypatch.setattr(MixtureVAE, "forward", poisoned)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(config, tmp_path, monkeypatch):
+    _poison(monkeypatch, 7, lambda model, s: s * float("nan"))  # step 7 = epoch 2 (4 steps per epoch)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 7 \(epoch 2\)") as err:
+        train(config(), tmp_path)
+    assert "checkpoint" in str(err.value) and "\n" not in str(err.value)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["state"]["epoch"] == 1 and saved["state"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_nan_gradient_with_finite_loss_is_caught(config, tmp_path, monkeypatch):
+    def finite_value_nan_gradient(model, s):
+        w = model.decoder.out.bias
+        return s + torch.sqrt(0.0 * w.sum())  # value 0, d/dw = inf * 0 = nan
+
+    _poison(monkeypatch, 2, finite_value_nan_gradient)
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient norm \(nan\) at step 2 \(epoch 1\)"):
+        train(config(), tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_early_stopping_when_valid_elbo_stops_improving(config, tmp_path):
+    summary = train(config("optim.lr=0", "eval.patience=1", "train.epochs=5"), tmp_path)
+    assert summary["stopped_early"] and summary["epochs"] == 2 and summary["best_epoch"] == 1
+
+
+def test_config_errors_are_one_line(config, tmp_path):
+    with pytest.raises(ConfigError, match=r"^model.num_components must be an integer >= 1"):
+        Trainer(config("model.num_components=0"), tmp_path)
+    with pytest.raises(ConfigError, match=r"needs num_samples >= 2.*train.num_samples=1"):
+        Trainer(config("estimator=vimco", "train.objective=iwae", "train.num_samples=1"), tmp_path)
+    with pytest.raises(ConfigError, match="activation"):
+        Trainer(config("model.activation=nope"), tmp_path)
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_default"))  # must not be used: dir = run dir
+
+
+def test_wandb_offline_run_dir_holds_the_logged_metrics(config, tmp_path, wandb_env):
+    train(config("logger=wandb", "logger.tags=[test]"), tmp_path / "run")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    names = [b"train/objective", b"valid/elbo", b"test/elbo", b"test/nll_iwae10"]
+    deadline = time.monotonic() + 20
+    while True:  # wandb-core writes the records asynchronously, shortly after finish()
+        data = next(runs[0].glob("run-*.wandb")).read_bytes()
+        if all(name in data for name in names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for name in names:
+        assert name in data, name
+    assert not (tmp_path / "wandb_default").exists()
+
+
+def test_wandb_failure_warns_and_training_continues(config, tmp_path, wandb_env, monkeypatch):
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(config("logger=wandb"), tmp_path)
+    assert summary["status"] == "completed"
+    assert any("no W&B today" in str(w.message) for w in caught)
