@@ -32,8 +32,9 @@ test-full: install ## every test, the slow statistical and end-to-end ones too
 lint: install ## ruff
 	$(VENV)/bin/ruff check mixvae tests scripts experiments train.py
 
-smoke: install ## a tiny end-to-end training run of every experiment
-	$(PY) -m pytest -q tests -k smoke
+smoke: install ## a tiny end-to-end training run (one epoch of 20 batches, no W&B)
+	$(PY) train.py +experiment=quickstart train.epochs=1 train.max_batches=20 eval.iwae_samples=10 \
+		eval.max_batches=2 logger=none hydra.run.dir=outputs/smoke resume=false
 
 quickstart: install ## the main job: a short mixture-VAE (Graves, K=5) training run on MNIST
 	$(PY) train.py +experiment=quickstart
