@@ -1,0 +1,507 @@
+#!/usr/bin/env python
+"""Rebuild results/*.md tables and results/*.png plots from the committed per-run files, offline, in seconds.
+
+    python scripts/make_results.py [--runs results/runs] [--out results]
+
+Input: results/runs/<table>/<run>/{summary.json, metrics.jsonl, config.yaml, grad_variance.json} and
+results/runs/<table>/sweep.json (the command that made them), as experiments/run_tables.py collects them.
+Every number printed comes from those files: mean +- sample std over seeds (n = number of seeds shown), the
+paper's numbers beside ours where a paper has them. A table without runs is written as a stub that says so
+(with the command that produces it); nothing is ever filled in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Order of the estimator rows in the tables (names are the yaml stems of configs/estimator/).
+ORDER = ["graves", "enumerate", "score_function", "vimco", "gumbel_softmax", "grep"]
+REFERENCE = "graves"  # the runs whose checkpoints every estimator is measured at (scripts/grad_variance_runs.py)
+
+
+# ---- run identity, shared with experiments/run_tables.py and scripts/grad_variance_runs.py -------------------
+def estimator_name(est: dict) -> str:
+    """The registry name from ``_target_``: mixvae.estimators.<name>.<Class> (one module per estimator)."""
+    return est["_target_"].split(".")[-2]
+
+
+def row_label(cfg: dict) -> str:
+    """'graves', 'score_function (mean)': the estimator and, when it has one, its baseline."""
+    est = cfg["estimator"]
+    baseline = est.get("baseline")
+    return estimator_name(est) + (f" ({baseline})" if baseline is not None else "")
+
+
+def run_name(cfg: dict) -> str:
+    """A run's directory name under results/runs/<table>/: dataset, K, estimator, objective and S, seed."""
+    est = cfg["estimator"]
+    baseline = f"-{est['baseline']}" if est.get("baseline") is not None else ""
+    t = cfg["train"]
+    return (f"{cfg['dataset']['name']}-K{cfg['model']['num_components']}-{estimator_name(est)}{baseline}"
+            f"-{t['objective']}{t['num_samples']}-seed{cfg['seed']}")
+
+
+def load_config(run_dir: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"), resolve=True)
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    name: str
+    summary: dict
+    records: list[dict]
+    grad: dict | None
+
+    @property
+    def cfg(self) -> dict:
+        return self.summary["config"]
+
+    @property
+    def metrics(self) -> dict:
+        return self.summary["metrics"]
+
+    def key(self) -> tuple:
+        """A table row: (K, estimator label, training objective, S)."""
+        t = self.cfg["train"]
+        return (self.cfg["model"]["num_components"], row_label(self.cfg), t["objective"], t["num_samples"])
+
+    def test_nll(self) -> tuple[int, float] | None:
+        """(samples, -IWAE bound) from test/nll_iwae<samples>."""
+        for k, v in self.metrics.items():
+            m = re.fullmatch(r"test/nll_iwae(\d+)", k)
+            if m:
+                return int(m.group(1)), float(v)
+        return None
+
+
+def load_runs(folder: Path) -> list[Run]:
+    runs = []
+    for summary_path in sorted(folder.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") != "completed":
+            continue
+        d = summary_path.parent
+        metrics_path, grad_path = d / "metrics.jsonl", d / "grad_variance.json"
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+            if metrics_path.exists() else []
+        grad = json.loads(grad_path.read_text()) if grad_path.exists() else None
+        runs.append(Run(d.name, summary, records, grad))
+    return runs
+
+
+# ---- formatting -------------------------------------------------------------------------------------------
+def mean_std(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
+    values = [v * scale for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (n=1)"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def sci_mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3g} (n=1)"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def sort_key(key: tuple) -> tuple:
+    K, label, objective, S = key
+    name = label.split(" ")[0]
+    return (K, ORDER.index(name) if name in ORDER else len(ORDER), label, objective, S)
+
+
+def objective_text(objective: str, S: int) -> str:
+    return "ELBO" if objective == "elbo" and S == 1 else f"{objective.upper()}-{S}" if objective == "iwae" \
+        else f"ELBO, S={S}"
+
+
+# ---- the header every table carries -------------------------------------------------------------------------
+def distinct(values) -> list:
+    out = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
+    lines = [f"# {spec.title}", "", spec.intro, ""]
+    if sweep:
+        lines += [f"Command (this budget, `{sweep.get('budget')}`): `{sweep.get('driver')}`, which runs",
+                  f"`{sweep.get('command')}`", ""]
+    lines += [f"Full budget: `python train.py +experiment={spec.experiment}` (see configs/experiment/"
+              f"{spec.experiment}.yaml).", ""]
+    cfgs = [r.cfg for r in runs]
+    epochs = distinct(r.summary["epochs"] for r in runs)
+    steps = distinct(r.summary["steps"] for r in runs)
+    maxb = distinct(c["train"].get("max_batches") for c in cfgs)
+    batch = distinct(c["train"]["batch_size"] for c in cfgs)
+    ev = []
+    for r in runs:
+        e = r.cfg["eval"]
+        n_test = r.summary["data"]["test"]
+        used = min(n_test, e["max_batches"] * e["batch_size"]) if e.get("max_batches") else n_test
+        samples = (r.test_nll() or (None,))[0]
+        ev.append(f"IWAE-{samples} on {'the first ' if used < n_test else 'all '}{used:,} of {n_test:,} test images")
+    early = sum(bool(r.summary.get("stopped_early")) for r in runs)
+    budget = (f"Budget: {', '.join(map(str, epochs))} epoch(s) per run ({', '.join(map(str, steps))} steps, "
+              f"batch {', '.join(map(str, batch))}"
+              + (f", at most {', '.join(map(str, maxb))} batches per epoch" if maxb != [None] else "")
+              + f"); test: {'; '.join(distinct(ev))}; the test uses the weights of the best validation ELBO"
+              + (f"; {early} run(s) stopped early" if early else "") + ".")
+    seeds = sorted(distinct(c["seed"] for c in cfgs))
+    hw = distinct(
+        f"{h.get('device')}, {h.get('processor') or h.get('machine')}, {h.get('cpu_count')} cores, "
+        f"{h.get('torch_threads')} torch thread(s) per run, torch {h.get('torch')}, {h.get('platform')}"
+        for h in (r.summary.get("hardware", {}) for r in runs))
+    gits = distinct(f"{(g.get('commit') or 'unknown')[:10]}{' (with uncommitted changes)' if g.get('dirty') else ''}"
+                    for g in (r.summary.get("git", {}) for r in runs))
+    wall = [r.summary.get("wall_time_s") for r in runs]
+    lines += [budget, "",
+              f"Seeds: {', '.join(map(str, seeds))} ({len(runs)} runs). Entries are mean ± sample std over seeds.",
+              "", f"Hardware: {'; '.join(hw)}.", "", f"Git revision: {', '.join(gits)}.", ""]
+    if all(w is not None for w in wall):
+        lines += [f"Time per run (wall clock, start-up and evaluation included): {min(wall):.0f}-{max(wall):.0f} s,"
+                  f" {sum(wall) / 60:.0f} min in all"
+                  + (f"; the sweep took {sweep['sweep_wall_time_s'] / 60:.0f} min" if sweep and
+                     sweep.get("sweep_wall_time_s") else "") + ".", ""]
+    return lines
+
+
+# ---- table specs ---------------------------------------------------------------------------------------------
+@dataclass
+class TableSpec:
+    name: str
+    title: str
+    experiment: str
+    intro: str
+    kind: str  # estimators | iwae | vs_k
+    paper: dict = field(default_factory=dict)  # kind-specific paper numbers
+    paper_note: str = ""
+    loglik: bool = False  # show log-likelihood (= -NLL), as the paper does
+
+
+BURDA = "Burda et al. (2016), table 1 (3280 epochs, lr decay, test IWAE-5000)"
+TABLES = [
+    TableSpec(
+        "estimators_mnist", "Estimators for a mixture posterior, MNIST (K = 5; K = 1 Gaussian reference)",
+        "estimators_mnist",
+        "Dynamically binarized MNIST, 784-200-200-50 tanh VAE, Bernoulli decoder. One row per gradient estimator "
+        "for the encoder's K = 5 diagonal Gaussian mixture, all at equal epochs; every row trains the ELBO with one "
+        "sample except vimco, which needs S >= 2 and trains IWAE-5 (5 decoder passes per image, like enumerate's "
+        "K = 5). Gradient columns: mixvae.diagnostics.gradient_variance of the encoder parameters on one fixed "
+        "batch of 100 test images (scripts/grad_variance_runs.py), at each run's own final checkpoint (`own`) and "
+        "at the final checkpoints of the Graves-trained runs (`@graves`, every estimator at the same parameters).",
+        "estimators", paper={1: (86.76, "VAE k=1, " + BURDA)}),
+    TableSpec(
+        "estimators_omniglot", "Estimators for a mixture posterior, Omniglot (K = 5; K = 1 Gaussian reference)",
+        "estimators_omniglot",
+        "Dynamically binarized Omniglot, 28x28 resized from the original 105x105 images (drawers 1-15 train, "
+        "16-20 test), 784-200-200-50 tanh VAE; otherwise as results/estimators_mnist.md.",
+        "estimators", paper={1: (108.11, "VAE k=1, " + BURDA + "; their Omniglot is chardata.mat, ours is built "
+                                 "from the original images: not directly comparable")}),
+    TableSpec(
+        "iwae_table1", "Burda et al. (2016), table 1: VAE and IWAE, one stochastic layer", "iwae_table1",
+        "784-200-200-50 tanh, dynamic binarization, test NLL (nats) by the IWAE bound with 5000 samples. "
+        "VAE = objective elbo with k = S samples, IWAE = objective iwae with k samples (identical at k = 1). "
+        "K = 1 is the paper's Gaussian model; K = 5 is our mixture posterior trained with Graves' estimator. "
+        "Our Omniglot is resized from the original images, not the paper's chardata.mat: those rows are not "
+        "directly comparable with the paper's.",
+        "iwae", paper={
+            ("mnist", "elbo"): {1: 86.76, 5: 86.47, 50: 86.35}, ("mnist", "iwae"): {1: 86.76, 5: 85.54, 50: 84.78},
+            ("omniglot", "elbo"): {1: 108.11, 5: 107.62, 50: 107.80},
+            ("omniglot", "iwae"): {1: 108.11, 5: 106.12, 50: 104.67}},
+        paper_note="Paper: " + BURDA + "."),
+    TableSpec(
+        "nalisnick_dlgm", "Nalisnick et al. (2016): Gaussian versus 3-component mixture posterior, binarized MNIST",
+        "nalisnick_dlgm",
+        "Statically binarized MNIST (Larochelle & Murray 2011), one hidden layer of 500 tanh units, latent "
+        "dimension 25. Test log-likelihood estimated by importance sampling with 50 samples (the IWAE-50 bound), "
+        "as in the paper; higher is better. K = 3 rows: our estimators for the mixture posterior.",
+        "estimators", loglik=True,
+        paper={1: (-96.80, "Gaussian DLGM, Nalisnick et al. 2016"), 3: (-96.50, "GM-DLGM (K = 3), Nalisnick et al. 2016")}),
+    TableSpec(
+        "estimators_vs_k", "Gradient variance, SNR and step time against the number of components K",
+        "estimators_vs_k",
+        "A model is trained with Graves' estimator at each K (dynamically binarized MNIST, 784-200-200-50); at its "
+        "final checkpoint every estimator's encoder gradient is measured on one fixed batch of 100 test images "
+        "(scripts/grad_variance_runs.py; R repetitions, same seed). Step time: median forward + backward over all "
+        "parameters on that batch, 1 thread. Stateful baselines are warmed up at the fixed model first.",
+        "vs_k"),
+]
+
+
+# ---- writers ---------------------------------------------------------------------------------------------------
+def unique_rows(grad: dict) -> dict[tuple, dict]:
+    """A checkpoint's row measurements keyed by (label, objective, S); rows that coincide (at K = 1 the gaussian
+    row is the graves row) are counted once."""
+    out = {}
+    for entry in grad.get("rows", {}).values():
+        out.setdefault((entry["label"], entry["objective"], entry["num_samples"]), entry)
+    return out
+
+
+def reference_rows(runs: list[Run], K: int) -> dict[tuple, list[dict]]:
+    """(label, objective, S) -> measurements at the checkpoints of the Graves-trained runs with K components."""
+    out = defaultdict(list)
+    for r in runs:
+        if r.grad and estimator_name(r.cfg["estimator"]) == REFERENCE and r.cfg["model"]["num_components"] == K:
+            for key, entry in unique_rows(r.grad).items():
+                out[key].append(entry)
+    return out
+
+
+def estimators_table(spec: TableSpec, runs: list[Run]) -> list[str]:
+    groups = defaultdict(list)
+    for r in runs:
+        groups[r.key()].append(r)
+    keys = sorted(groups, key=sort_key)
+    nll = {k: [r.test_nll()[1] for r in groups[k] if r.test_nll()] for k in keys}
+    samples = distinct(r.test_nll()[0] for r in runs if r.test_nll())
+    # the best baseline among rows that differ only in their baseline
+    family = defaultdict(list)
+    for k in keys:
+        family[(k[0], k[1].split(" ")[0], k[2], k[3])].append(k)
+    best = {min(ks, key=lambda k: statistics.mean(nll[k]) if nll[k] else math.inf)
+            for ks in family.values() if len(ks) > 1}
+    sign = -1.0 if spec.loglik else 1.0
+    metric = (f"test log-lik. (IS-{'/'.join(map(str, samples))})" if spec.loglik
+              else f"test NLL (IWAE-{'/'.join(map(str, samples))})")
+    head = ["K", "estimator", "trained on", metric, "test ELBO", "var own", "SNR own", "var @graves",
+            "SNR @graves", "ms/step @graves", "s/epoch", "seeds", "paper"]
+    rows = []
+    for k in keys:
+        K, label, objective, S = k
+        rs = groups[k]
+        own = [r.grad["own"] for r in rs if r.grad]
+        ref = reference_rows(runs, K).get((label, objective, S), [])
+        paper = spec.paper.get(K)
+        rows.append([
+            str(K), ("Gaussian (reparam.)" if K == 1 else label) + (" **best baseline**" if k in best else ""),
+            objective_text(objective, S), mean_std(nll[k], scale=sign),
+            mean_std([r.metrics.get("test/elbo") for r in rs]),
+            sci_mean_std([g["grad/var_encoder"] for g in own]), sci_mean_std([g["grad/snr_encoder"] for g in own]),
+            sci_mean_std([g["grad/var_encoder"] for g in ref]), sci_mean_std([g["grad/snr_encoder"] for g in ref]),
+            mean_std([g["time/step_s"] for g in ref], 1, 1000.0),
+            mean_std([r.metrics.get("time/epoch_s") for r in rs], 1),
+            ", ".join(str(r.cfg["seed"]) for r in rs),
+            f"{paper[0]:.2f}" if paper else "—",
+        ])
+    notes = [f"- paper, K = {K}: {p[0]:.2f}, {p[1]}." for K, p in sorted(spec.paper.items())]
+    return [*md_table(head, rows), "",
+            "Columns: `var` = mean over encoder parameters of the per-coordinate gradient variance, `SNR` = mean "
+            "|mean| / std (Rainforth et al. 2018), both over the repetitions at fixed parameters; `own` at each "
+            "run's own final checkpoint with its trained baseline state, `@graves` every estimator at the final "
+            "checkpoints of the Graves-trained runs with the same K. `s/epoch` is training time only, measured "
+            "with two runs sharing the 2 cores. `ms/step` is one forward + backward at batch 100, 1 thread. "
+            "Where a paper has a number for a row it is in the last column (at its own, much longer budget):", "",
+            *notes, ""]
+
+
+def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
+    cell = defaultdict(list)
+    time_cell = defaultdict(list)
+    for r in runs:
+        c = r.cfg
+        k = (c["dataset"]["name"], c["train"]["objective"], c["train"]["num_samples"], c["model"]["num_components"])
+        if r.test_nll():
+            cell[k].append(r.test_nll()[1])
+        time_cell[k].append(r.metrics.get("time/epoch_s"))
+    lines = []
+    for dataset in sorted({k[0] for k in cell} | {k[0] for k in spec.paper}, key=["mnist", "omniglot"].index):
+        Ks = sorted({k[3] for k in cell if k[0] == dataset})
+        head = ["k", "VAE (paper)", *[f"VAE, K = {K} (ours)" for K in Ks], "IWAE (paper)",
+                *[f"IWAE, K = {K} (ours)" for K in Ks], "s/epoch IWAE, K = " + "/".join(map(str, Ks))]
+        rows = []
+        for S in (1, 5, 50):
+            def ours(objective, S=S, dataset=dataset, Ks=Ks):
+                return [mean_std(cell.get((dataset, objective, S, K), [])) for K in Ks]
+
+            paper = {obj: spec.paper.get((dataset, obj), {}).get(S) for obj in ("elbo", "iwae")}
+            times = " / ".join(mean_std(time_cell.get((dataset, "iwae", S, K), []), 1) for K in Ks)
+            rows.append([str(S), f"{paper['elbo']:.2f}" if paper["elbo"] else "—", *ours("elbo"),
+                         f"{paper['iwae']:.2f}" if paper["iwae"] else "—", *ours("iwae"), times])
+        title = "MNIST" if dataset == "mnist" else "Omniglot (ours: from the original images; not directly comparable)"
+        lines += [f"## {title}", "", *md_table(head, rows), ""]
+    return [*lines, spec.paper_note, ""]
+
+
+def vs_k_table(spec: TableSpec, runs: list[Run], out: Path) -> list[str]:
+    data = defaultdict(dict)  # label -> K -> entry
+    for r in runs:
+        if r.grad:
+            K = r.cfg["model"]["num_components"]
+            for (label, objective, S), entry in unique_rows(r.grad).items():
+                lbl = f"{label}, {objective_text(objective, S)}"
+                data[lbl].setdefault(K, []).append(entry)
+    Ks = sorted({K for d in data.values() for K in d})
+    labels = sorted(data, key=lambda s: (ORDER.index(s.split(" ")[0].rstrip(",")) if s.split(" ")[0].rstrip(",")
+                                         in ORDER else len(ORDER), s))
+    lines = []
+    for title, key, fmt in [("Encoder gradient variance", "grad/var_encoder", sci_mean_std),
+                            ("Encoder gradient SNR", "grad/snr_encoder", sci_mean_std),
+                            ("Milliseconds per step (forward + backward, batch 100, 1 thread)", "time/step_s",
+                             lambda v: mean_std(v, 1, 1000.0))]:
+        rows = [[lbl, *[fmt([e[key] for e in data[lbl].get(K, [])]) for K in Ks]] for lbl in labels]
+        lines += [f"## {title}", "", *md_table(["estimator", *[f"K = {K}" for K in Ks]], rows), ""]
+    if labels:
+        plot_vs_k(data, labels, Ks, out / f"{spec.name}.png")
+        lines += [f"![gradient variance, SNR and step time against K]({spec.name}.png)", ""]
+    return lines
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_vs_k(data, labels, Ks, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (key, ylabel, scale) in zip(axes, [("grad/var_encoder", "encoder gradient variance", 1.0),
+                                               ("grad/snr_encoder", "encoder gradient SNR", 1.0),
+                                               ("time/step_s", "ms per step", 1000.0)], strict=True):
+        for lbl in labels:
+            ks = [K for K in Ks if K in data[lbl]]
+            ax.plot(ks, [scale * statistics.mean(e[key] for e in data[lbl][K]) for K in ks], "o-", label=lbl)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(Ks, [str(K) for K in Ks])
+        ax.set_xlabel("K (mixture components)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(spec: TableSpec, runs: list[Run], path: Path) -> bool:
+    """Validation NLL per row, mean over seeds, against epochs and against cumulative training seconds."""
+    curves = defaultdict(list)  # key -> [(epochs, seconds, nll)] per run
+    metric = None
+    for r in runs:
+        ep, secs, nll, total = [], [], [], 0.0
+        for rec in r.records:
+            if "train/objective_epoch" not in rec:
+                continue
+            total += rec.get("time/epoch_s", 0.0)
+            key = next((k for k in rec if re.fullmatch(r"valid/nll_iwae\d+", k)), None)
+            if key is None:
+                continue
+            metric = key
+            ep.append(rec["epoch"])
+            secs.append(total)
+            nll.append(float(rec[key]))
+        if ep:
+            curves[r.key()].append((ep, secs, nll))
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for key in sorted(curves, key=sort_key):
+        runs_k = curves[key]
+        n = min(len(c[0]) for c in runs_k)
+        epochs = runs_k[0][0][:n]
+        secs = [statistics.mean(c[1][i] for c in runs_k) for i in range(n)]
+        nll = [statistics.mean(c[2][i] for c in runs_k) for i in range(n)]
+        K, label, objective, S = key
+        name = f"K={K} {'Gaussian' if K == 1 else label}" + ("" if (objective, S) == ("elbo", 1)
+                                                              else f" [{objective_text(objective, S)}]")
+        axes[0].plot(epochs, nll, "o-", ms=3, label=name)
+        axes[1].plot(secs, nll, "o-", ms=3, label=name)
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("training seconds (mean over seeds; 2 runs sharing 2 cores)")
+    n_valid = runs[0].cfg["eval"].get("max_batches")
+    subset = f" (first {n_valid * runs[0].cfg['eval']['batch_size']} valid images)" if n_valid else ""
+    axes[0].set_ylabel(f"{metric.replace('valid/nll_iwae', 'valid NLL, IWAE-')}{subset}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(spec.title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---- main --------------------------------------------------------------------------------------------------------
+def build_table(spec: TableSpec, runs_root: Path, out: Path) -> bool:
+    """Write out/<name>.md (and its plots); a stub that says so when there are no runs. Returns True if runs."""
+    folder = runs_root / spec.name
+    runs = load_runs(folder) if folder.exists() else []
+    sweep_path = folder / "sweep.json"
+    sweep = json.loads(sweep_path.read_text()) if sweep_path.exists() else None
+    path = out / f"{spec.name}.md"
+    if not runs:
+        stub = [f"# {spec.title}", "", spec.intro, "",
+                f"**No runs committed yet** (nothing under results/runs/{spec.name}/). Produce them with "
+                f"`python experiments/run_tables.py {spec.name}` (reduced CPU budget) or "
+                f"`python train.py +experiment={spec.experiment}` (full budget), then `make results`.", ""]
+        if spec.paper_note:
+            stub += [spec.paper_note, ""]
+        path.write_text("\n".join(stub))
+        return False
+    lines = header(spec, runs, sweep)
+    if spec.kind == "estimators":
+        lines += estimators_table(spec, runs)
+        if plot_curves(spec, runs, out / f"{spec.name}_curves.png"):
+            lines += [f"![validation NLL against epochs and against wall-clock]({spec.name}_curves.png)", ""]
+    elif spec.kind == "iwae":
+        lines += iwae_table(spec, runs)
+    else:
+        lines += vs_k_table(spec, runs, out)
+    lines += ["Built by `python scripts/make_results.py` from results/runs/" + spec.name + "/.", ""]
+    path.write_text("\n".join(lines))
+    return True
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=REPO / "results" / "runs")
+    parser.add_argument("--out", type=Path, default=REPO / "results")
+    parser.add_argument("--tables", nargs="*", default=[t.name for t in TABLES])
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for spec in TABLES:
+        if spec.name not in args.tables:
+            continue
+        if build_table(spec, args.runs, args.out):
+            print(f"wrote {args.out / spec.name}.md")
+        else:
+            missing.append(spec.name)
+            print(f"no runs for {spec.name}: wrote a stub {args.out / spec.name}.md")
+    if missing:
+        print(f"missing: {', '.join(missing)} (run experiments/run_tables.py {' '.join(missing)})")
+    return missing
+
+
+if __name__ == "__main__":
+    main()
