@@ -10,7 +10,7 @@ export MIXVAE_DATA_DIR
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint smoke quickstart bench clean
+.PHONY: help install test test-full lint smoke quickstart bench results clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ quickstart: install ## the main job: a short mixture-VAE (Graves, K=5) training 
 
 bench: install ## speed benchmarks -> results/benchmarks/*.md
 	$(PY) scripts/bench_rsample.py
+
+results: install ## rebuild results/*.md and results/*.png from the committed results/runs/ (offline, seconds)
+	$(PY) scripts/make_results.py
 
 clean: ## remove caches and run outputs (keeps .venv and data)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache .hypothesis
