@@ -210,7 +210,7 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
         start = max(stop - block_size, 0)
         s_b, c_b = s[..., start:stop], chat[..., start:stop]  # [N, K, b]
         # v'_d + sum_{e in block, e>d} (sum_k s_kd chat_ke) v'_e = g_d - sum_k s_kd C_k
-        rhs = grad_z[:, start:stop] - torch.einsum("nkb,nk->nb", s_b, carry)  # [N, b]
+        rhs = grad_z[:, start:stop] - (s_b * carry.unsqueeze(-1)).sum(-2)  # [N, b]
         # M_de = sum_k s_kd chat_ke; the solve reads only the strict upper triangle (e > d) of M and takes a
         # unit diagonal, so the rest of the product is never masked out
         coupling = torch.bmm(s_b.transpose(1, 2), c_b)  # [N, b, b]
@@ -249,8 +249,8 @@ class GravesSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, loc, scale, index, eps, block_size):
-        gather = index.view(-1, 1, 1).expand(-1, 1, loc.shape[-1])
-        z = torch.gather(loc, 1, gather).squeeze(1) + torch.gather(scale, 1, gather).squeeze(1) * eps
+        rows = torch.arange(index.shape[0], device=index.device)
+        z = loc[rows, index] + scale[rows, index] * eps  # [N, D]
         ctx.save_for_backward(z, logits, loc, scale)
         ctx.block_size = block_size
         return z
