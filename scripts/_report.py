@@ -47,5 +47,7 @@ def header(title: str, command: str | None = None) -> list[str]:
         f"- git revision: `{git_revision()}`",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
+        f"- load average when it started (other processes on the machine): "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         "",
     ]
