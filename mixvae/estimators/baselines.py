@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from mixvae.estimators.base import leave_one_out, reduce_samples
+from mixvae.estimators.base import Estimator, leave_one_out, reduce_samples
 
 
 class Baseline(nn.Module):
@@ -145,3 +145,25 @@ def score_surrogate(
     b, aux_loss = baseline(signal, values, objective, context)  # [S, *batch], detached
     surrogate = L + weight * ((signal - b) * log_prob).sum(0)
     return L.detach(), surrogate, aux_loss, b
+
+
+class BaselineEstimator(Estimator):
+    """An estimator with a score-function term and one of the `BASELINES` (score_function, grep)."""
+
+    def __init__(
+        self,
+        baseline: str = "none",
+        baseline_momentum: float = 0.9,
+        baseline_hidden: int = 100,
+        context_dim: int | None = None,
+    ):
+        super().__init__(context_dim)
+        self.baseline_name = baseline
+        self.baseline = make_baseline(baseline, context_dim, baseline_momentum, baseline_hidden)
+
+    @property
+    def min_samples(self) -> int:
+        return self.baseline.min_samples
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, baseline={self.baseline_name!r}"

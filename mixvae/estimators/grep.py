@@ -11,27 +11,12 @@ Unbiased for both objectives; S evaluations of f (plus one log q per sample).
 
 from __future__ import annotations
 
-from mixvae.estimators.base import Estimator, EstimatorOutput
-from mixvae.estimators.baselines import make_baseline, score_surrogate
+from mixvae.estimators.base import EstimatorOutput
+from mixvae.estimators.baselines import BaselineEstimator, score_surrogate
 
 
-class GRep(Estimator):
+class GRep(BaselineEstimator):
     name = "grep"
-
-    def __init__(
-        self,
-        baseline: str = "none",
-        baseline_momentum: float = 0.9,
-        baseline_hidden: int = 100,
-        context_dim: int | None = None,
-    ):
-        super().__init__(context_dim)
-        self.baseline_name = baseline
-        self.baseline = make_baseline(baseline, context_dim, baseline_momentum, baseline_hidden)
-
-    @property
-    def min_samples(self) -> int:
-        return self.baseline.min_samples
 
     def estimate(self, q, f, num_samples, objective, context):
         m = q.mean  # [*batch, D]
@@ -43,6 +28,3 @@ class GRep(Estimator):
         values = f(z_theta)  # [S, *batch]
         value, surrogate, aux_loss, b = score_surrogate(values, log_pi, objective, self.baseline, context)
         return EstimatorOutput(value, surrogate, {"baseline": b.mean()}, aux_loss)
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, baseline={self.baseline_name!r}"

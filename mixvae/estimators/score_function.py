@@ -9,27 +9,12 @@ loo (leave-one-out over the S samples, S >= 2). Unbiased for both objectives; S 
 
 from __future__ import annotations
 
-from mixvae.estimators.base import Estimator, EstimatorOutput, log_weight_of
-from mixvae.estimators.baselines import make_baseline, score_surrogate
+from mixvae.estimators.base import EstimatorOutput, log_weight_of
+from mixvae.estimators.baselines import BaselineEstimator, score_surrogate
 
 
-class ScoreFunction(Estimator):
+class ScoreFunction(BaselineEstimator):
     name = "score_function"
-
-    def __init__(
-        self,
-        baseline: str = "none",
-        baseline_momentum: float = 0.9,
-        baseline_hidden: int = 100,
-        context_dim: int | None = None,
-    ):
-        super().__init__(context_dim)
-        self.baseline_name = baseline
-        self.baseline = make_baseline(baseline, context_dim, baseline_momentum, baseline_hidden)
-
-    @property
-    def min_samples(self) -> int:
-        return self.baseline.min_samples
 
     def estimate(self, q, f, num_samples, objective, context):
         k = q.sample_index((num_samples,))  # [S, *batch], no gradient
@@ -38,6 +23,3 @@ class ScoreFunction(Estimator):
         log_pi = log_weight_of(q, k)  # [S, *batch]
         value, surrogate, aux_loss, b = score_surrogate(values, log_pi, objective, self.baseline, context)
         return EstimatorOutput(value, surrogate, {"baseline": b.mean()}, aux_loss)
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, baseline={self.baseline_name!r}"
