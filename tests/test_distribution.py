@@ -258,14 +258,11 @@ def test_far_tail_ratios_are_finite_and_match_float64():
         assert torch.allclose(a.double(), b, rtol=1e-3, atol=1e-3)
 
 
-def test_log_normal_tails_against_log_ndtr():
-    x = torch.linspace(-60, 60, 2401, dtype=F64)
-    lo, hi = gt.log_normal_tails(x)
-    assert torch.allclose(lo, torch.special.log_ndtr(x), rtol=1e-12, atol=1e-14)
-    assert torch.allclose(hi, torch.special.log_ndtr(-x), rtol=1e-12, atol=1e-14)
-    lo32, hi32 = gt.log_normal_tails(x.float())
-    assert torch.allclose(lo32.double(), torch.special.log_ndtr(x), rtol=1e-5, atol=1e-6)
-    assert torch.allclose(hi32.double(), torch.special.log_ndtr(-x), rtol=1e-5, atol=1e-6)
+def test_mills_ratio_against_log_ndtr():
+    t = torch.linspace(0, 80, 3201, dtype=F64)
+    exact = (torch.special.log_ndtr(-t) + 0.5 * t * t + 0.5 * math.log(2 * math.pi)).exp()  # (1 - Phi) / phi
+    assert torch.allclose(gt.mills_ratio(t), exact, rtol=1e-12)
+    assert torch.allclose(gt.mills_ratio(t.float()).double(), exact, rtol=3e-7)
 
 
 # ---- the distribution API -------------------------------------------------------------------------------------

@@ -40,47 +40,31 @@ import torch.nn.functional as F
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _INV_SQRT2 = 1 / math.sqrt(2)
-_LOG2 = math.log(2)
 
 #: Dimensions solved together in one triangular solve of the blocked backward pass (the notes suggest 16-64).
 DEFAULT_BLOCK_SIZE = 32
 
 
-# Chebyshev fit of log erfc(y) for y >= 0 with relative error below 1.2e-7 everywhere (Press et al.,
-# Numerical Recipes, 2nd ed., sec. 6.2, "erfcc"): erfc(y) = t exp(-y^2 + P(t)), t = 1 / (1 + y / 2). In log form it
-# never underflows, and it costs one division, one log and a polynomial, against erfc + log + an asymptotic
-# series for the far tail.
+# Chebyshev fit of erfc with relative error below 1.2e-7 at every y >= 0 (Press et al., Numerical Recipes, 2nd
+# ed., sec. 6.2, "erfcc"): erfc(y) = t exp(-y^2 + P(t)), t = 1 / (1 + y / 2), i.e. erfcx(y) = t exp(P(t)).
 _ERFC_POLY = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
               0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+_SQRT_HALF_PI = math.sqrt(math.pi / 2)
 
 
-def _log_erfc_fast(y: torch.Tensor) -> torch.Tensor:
-    t = 1.0 / (1.0 + 0.5 * y)
+def mills_ratio(t: torch.Tensor) -> torch.Tensor:
+    """R(t) = (1 - Phi(t)) / phi(t) for t >= 0 (standard normal), in (0, sqrt(pi/2)], about 1/t for large t.
+
+    The smaller normal tail at x is then Phi(-|x|) = phi(x) R(|x|), which never has to be formed on its own.
+    float64: ``torch.special.erfcx`` (exact to the precision); lower precisions: the Chebyshev fit above
+    (relative error < 1.2e-7, float32's precision), one exp and a polynomial, several times faster on CPU."""
+    if t.dtype == torch.float64:
+        return _SQRT_HALF_PI * torch.special.erfcx(t * _INV_SQRT2)
+    u = 1.0 / (1.0 + 0.5 * _INV_SQRT2 * t)
     poly = _ERFC_POLY[-1]
     for coefficient in reversed(_ERFC_POLY[:-1]):
-        poly = coefficient + t * poly
-    return t.log() - y * y + poly
-
-
-def _log_normal_tail_pair(x: torch.Tensor):
-    """(log Phi(-|x|), log Phi(|x|)): the log of the smaller and of the larger standard normal tail at x.
-
-    float64 uses ``torch.special.log_ndtr`` (exact to the precision). Lower precisions take the smaller tail
-    from a Chebyshev fit of log erfc (relative error < 1.2e-7, float32's precision, at every |x|), several times
-    faster than ``log_ndtr`` on CPU, and the larger as log(1 - small), which loses only absolute digits near 0
-    (the mixture sums tolerate that)."""
-    if x.dtype == torch.float64:
-        small = torch.special.log_ndtr(-x.abs())
-        return small, torch.special.log_ndtr(x.abs())
-    small = _log_erfc_fast(x.abs() * _INV_SQRT2) - _LOG2
-    return small, (1 - small.exp()).log()
-
-
-def log_normal_tails(x: torch.Tensor):
-    """(log Phi(x), log(1 - Phi(x))) for the standard normal, accurate in both tails."""
-    small, large = _log_normal_tail_pair(x)
-    negative = x < 0
-    return torch.where(negative, small, large), torch.where(negative, large, small)
+        poly = coefficient + u * poly
+    return _SQRT_HALF_PI * u * poly.exp()
 
 
 def graves_coefficients(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
@@ -108,14 +92,13 @@ def graves_coefficients(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor
     w = log_w.exp()
 
     # Phi_k - u = Phi_k - u (left of the conditional median) = (1 - u) - (1 - Phi_k) (right of it): pick the
-    # form whose terms are small, so that the difference keeps its digits in either tail. Dividing by f
-    # happens inside the exponent, so neither the tail masses nor f need to be representable. Both forms are
-    # exact; the side only needs to be roughly right, so it is read off a cheap logistic approximation of Phi.
-    left = (w * torch.sigmoid(1.702 * x)).sum(-2, keepdim=True) < 0.5  # u_d < 1/2, [N, 1, D]
-    # log Phi_k on the left, log (1 - Phi_k) on the right: the smaller normal tail where x lies on that side
-    log_small, log_large = _log_normal_tail_pair(x)
-    log_tail = torch.where(left == (x < 0), log_small, log_large)
-    tail = (log_w - log_f + log_tail).exp()  # w Phi / f (left) or w (1 - Phi) / f (right)
+    # form whose terms are small, so that the difference keeps its digits in either tail. Both forms are
+    # exact; the side only needs to be roughly right, so a crude Phi(x) ~ (1 + x / (1 + |x|)) / 2 picks it.
+    left = (w * (x / (1 + x.abs()))).sum(-2, keepdim=True) < 0  # u_d < 1/2 (roughly), [N, 1, D]
+    # The tail masses and f underflow far out; only their ratios are formed. With T_k = Phi(-|x_k|), the
+    # smaller tail: w_k T_k / f = r_k sigma_k R(|x_k|) (R the Mills ratio), the larger: w_k / f - that.
+    small = r * scale * mills_ratio(x.abs())  # w T / f, [N, K, D]
+    tail = torch.where(left == (x < 0), small, (log_w - log_f).exp() - small)  # w Phi/f (left), w (1-Phi)/f
     tail_sum = tail.sum(-2, keepdim=True)  # u / f or (1 - u) / f
     chat = torch.where(left, tail - w * tail_sum, w * tail_sum - tail)
     s = -x / scale
