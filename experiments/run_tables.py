@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.budget == "reduced":
         print(f"estimated: {sum(ESTIMATE_MIN[t] for t in args.tables)} min on 2 cores "
               f"({', '.join(f'{t} {ESTIMATE_MIN[t]}' for t in args.tables)})", flush=True)
+    failed: list[str] = []
     for table in args.tables:
         sweep_dir = (args.sweep_root / args.budget / table).resolve()
         cmd = train_command(table, args.budget, sweep_dir, args.jobs, args.set)
@@ -171,8 +172,10 @@ def main(argv: list[str] | None = None) -> None:
             res = subprocess.run(cmd, cwd=REPO)
             elapsed = time.perf_counter() - t0
             print(f"[{table}] sweep finished in {elapsed / 60:.1f} min (exit {res.returncode})", flush=True)
-            if res.returncode != 0:
-                raise SystemExit(f"[{table}] train.py failed with exit code {res.returncode}")
+            if res.returncode != 0:  # collect what completed; rerunning continues the rest
+                failed.append(table)
+                print(f"[{table}] train.py failed with exit code {res.returncode}; collecting the completed runs",
+                      flush=True)
         dirs = run_dirs(sweep_dir)
         if not args.skip_grad and table not in NO_GRAD:
             t0 = time.perf_counter()
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{table}] gradient variance of {len(dirs)} runs in {(time.perf_counter() - t0) / 60:.1f} min")
         dest = collect(table, dirs, args.results, cmd, args.budget, elapsed)
         print(f"[{table}] {len(dirs)} runs collected in {dest}", flush=True)
+    if failed:
+        raise SystemExit(f"some runs failed in: {', '.join(failed)} (rerun the same command to continue them)")
 
 
 if __name__ == "__main__":
