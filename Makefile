@@ -39,8 +39,9 @@ smoke: install ## a tiny end-to-end training run (one epoch of 20 batches, no W&
 quickstart: install ## the main job: a short mixture-VAE (Graves, K=5) training run on MNIST
 	$(PY) train.py +experiment=quickstart
 
-bench: install ## speed benchmarks -> results/benchmarks/*.md
+bench: install ## speed benchmarks -> results/benchmarks/{mixture_rsample,train_throughput}.md
 	$(PY) scripts/bench_rsample.py
+	$(PY) scripts/bench_train.py
 
 results: install ## rebuild results/*.md and results/*.png from the committed results/runs/ (offline, seconds)
 	$(PY) scripts/make_results.py

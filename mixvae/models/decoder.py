@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixvae.models.mlp import mlp
+from mixvae.models.ops import bernoulli_log_prob
 
 
 class BernoulliDecoder(nn.Module):
@@ -32,7 +32,7 @@ class BernoulliDecoder(nn.Module):
         """log p(x | z): x [*batch, x_dim] in {0, 1} (or [0, 1]), z [*S, *batch, D] -> [*S, *batch].
 
         Bernoulli log-likelihood with logits a: x a - softplus(a) summed over pixels (= -BCE with logits),
-        written so that x broadcasts against the sample axes without being copied.
+        written so that x broadcasts against the sample axes without being copied (see models/ops.py for why it
+        is not F.softplus).
         """
-        logits = self(z)
-        return (x * logits - F.softplus(logits)).sum(-1)
+        return bernoulli_log_prob(self(z), x)

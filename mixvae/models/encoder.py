@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixvae.distributions import DiagGaussianMixture
 from mixvae.models.mlp import mlp
+from mixvae.models.ops import softplus
 
 
 class MixtureEncoder(nn.Module):
@@ -42,5 +42,7 @@ class MixtureEncoder(nn.Module):
         h = self.body(x)
         kd = (*h.shape[:-1], self.num_components, self.latent_dim)
         loc = self.loc(h).reshape(kd)
-        scale = F.softplus(self.scale(h)).reshape(kd) + self.min_scale
-        return DiagGaussianMixture(self.logits(h), loc, scale)
+        scale = softplus(self.scale(h)).reshape(kd) + self.min_scale
+        # no validation: the heads give finite loc and scale > 0 by construction, and its checks would read
+        # the device every step; a non-finite value is caught by the training loop (Trainer.check_finite)
+        return DiagGaussianMixture(self.logits(h), loc, scale, validate_args=False)

@@ -1,0 +1,383 @@
+"""Benchmark: training-step throughput and IWAE-5000 evaluation time on MNIST (issue 6).
+
+Writes ``results/benchmarks/train_throughput.md``. For each configuration, batch 100, 784-200-200-50, one
+sample per image (train.num_samples=1, objective elbo):
+
+- ``gaussian``:       the Gaussian VAE, K = 1 (Graves' estimator is then the plain reparameterization),
+- ``graves``:         K = 5, Graves' pathwise gradient (compiled backward coefficients when the compiler works),
+- ``enumerate``:      K = 5, exact enumeration over the components (K decoder passes),
+- ``score_function``: K = 5, REINFORCE for the component index, no baseline.
+
+Each configuration is a real ``Trainer`` built from configs/ and timed through ``Trainer.train_step`` (the step
+train.py runs), side by side in ONE process on ONE thread: after a warm-up (which also compiles the Graves
+backward), the configurations take turns, one timed step each per round, so that load from other processes
+falls on all of them alike. It reports the median step time, steps/s, seconds per MNIST epoch (median x 500
+steps for the 50,000 training images at batch 100, and one real epoch timed), the peak memory,
+the ratio to the Gaussian VAE, a breakdown of the Graves step against the Gaussian one, and the IWAE-5000
+evaluation time of the 10,000 test images (on CPU timed on ``--eval-images`` images and extrapolated).
+
+Peak memory: on CPU each configuration runs again in a fresh subprocess (Linux), which reports its resident
+memory after setup and one step, and the peak over 20 more steps (VmHWM after resetting it, with freed memory
+returned to the OS first): the difference is what a step adds on top of the data, model and optimizer state.
+On CUDA: ``torch.cuda.max_memory_allocated`` over 15 steps.
+
+    python scripts/bench_train.py [--quick] [--device cpu|cuda|all] [--data-root DIR] [--out results/benchmarks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import hardware, header  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {  # name -> (K, Hydra overrides)
+    "gaussian": (1, ["model=gaussian_mlp", "estimator=graves"]),
+    "graves": (5, ["model=mixture_mlp", "estimator=graves"]),
+    "enumerate": (5, ["model=mixture_mlp", "estimator=enumerate"]),
+    "score_function": (5, ["model=mixture_mlp", "estimator=score_function"]),
+}
+EPOCH_STEPS = 500  # 50,000 MNIST training images (10,000 held out for validation) at batch 100
+TEST_IMAGES = 10_000
+
+
+def build(name: str, device: str, data_root: str | None, run_dir: str):
+    """A Trainer for configuration ``name`` (the same construction as train.py, W&B off, one thread)."""
+    from hydra import compose, initialize_config_dir
+
+    from mixvae.training import Trainer
+
+    overrides = [*CONFIGS[name][1], "logger=none", "progress=false", "threads=1", f"device={device}",
+                 "train.batch_size=100", "train.num_samples=1", "train.objective=elbo", "model.latent_dim=50",
+                 "model.hidden=[200,200]", "dataset.download=false"]
+    if data_root:
+        overrides.append(f"dataset.root={data_root}")
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides)
+    return Trainer(cfg, run_dir)
+
+
+def share_dataset():
+    """Load each dataset once for all Trainers (the loop only reads it)."""
+    from mixvae.training import loop
+
+    cache, load = {}, loop.load_dataset
+
+    def cached(name, **kwargs):
+        key = (name, *sorted((k, str(v)) for k, v in kwargs.items()))
+        if key not in cache:
+            cache[key] = load(name, **kwargs)
+        return cache[key]
+
+    loop.load_dataset = cached
+
+
+class Batches:
+    """Endless shuffled training batches of a Trainer's dataset (a new permutation every epoch)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.it = trainer, iter(())
+
+    def __next__(self):
+        x = next(self.it, None)
+        if x is None:
+            t = self.trainer
+            self.it = t.data.batches("train", 100, shuffle=True, generator=t.generator)
+            x = next(self.it)
+        return x
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(trainers, device, warmup, rounds, per_sample):
+    """Interleaved timing: {name: [seconds per step]}, ``per_sample`` steps between clock reads."""
+    batches = {n: Batches(t) for n, t in trainers.items()}
+    for n, t in trainers.items():
+        for _ in range(warmup):
+            t.train_step(next(batches[n]))
+        sync(device)
+    times = {n: [] for n in trainers}
+    for _ in range(rounds):
+        for n, t in trainers.items():
+            xs = [next(batches[n]) for _ in range(per_sample)]
+            sync(device)
+            t0 = time.perf_counter()
+            for x in xs:
+                t.train_step(x)
+            sync(device)
+            times[n].append((time.perf_counter() - t0) / per_sample)
+    for t in trainers.values():
+        t.check_finite()
+    return times
+
+
+def time_epoch(trainer, device, steps):
+    """Seconds for ``steps`` train_step calls over the shuffled training set, plus the one host read at the end."""
+    it = trainer.data.batches("train", 100, shuffle=True, generator=trainer.generator)
+    sync(device)
+    t0 = time.perf_counter()
+    total = torch.zeros((), device=trainer.device)
+    for _, x in zip(range(steps), it, strict=False):
+        total += trainer.train_step(x)[0].mean()
+    total.item()
+    return time.perf_counter() - t0
+
+
+def breakdown(trainers, device, rounds):
+    """{name: median ms of each phase of one step}, mirroring Trainer.train_step, the trainers taking turns
+    each round (as in time_steps); the Graves backward is timed inside the backward phase."""
+    from mixvae.distributions import graves_transform as gt
+
+    vjp_times, original = [], gt.graves_vjp
+
+    def timed_vjp(*args, **kwargs):
+        sync(device)
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        sync(device)
+        vjp_times.append(time.perf_counter() - t0)
+        return out
+
+    def one_step(trainer, x, phases):
+        cfg = trainer.cfg.train
+        vjp_times.clear()
+        sync(device)
+        t = [time.perf_counter()]
+        out = trainer.model(x, trainer.estimator, num_samples=cfg.num_samples, objective=cfg.objective)
+        loss = -out.surrogate.mean() + out.aux_loss
+        sync(device)
+        t.append(time.perf_counter())
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(device)
+        t.append(time.perf_counter())
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainer.params if p.grad is not None])
+        sync(device)
+        t.append(time.perf_counter())
+        bad = trainer._record_finite(loss, grad_norm)
+        if trainer._skip_on_device:
+            trainer.optimizer.found_inf = bad.float()
+        sync(device)
+        t.append(time.perf_counter())
+        trainer.optimizer.step()
+        sync(device)
+        t.append(time.perf_counter())
+        if phases is not None:
+            for key, a, b in [("forward", 0, 1), ("backward", 1, 2), ("grad norm", 2, 3),
+                              ("finite record", 3, 4), ("optimizer", 4, 5), ("step", 0, 5)]:
+                phases[key].append(t[b] - t[a])
+            phases["of which graves backward"].append(sum(vjp_times))
+
+    keys = ("forward", "backward", "of which graves backward", "grad norm", "finite record", "optimizer", "step")
+    phases = {n: {k: [] for k in keys} for n in trainers}
+    batches = {n: Batches(t) for n, t in trainers.items()}
+    gt.graves_vjp = timed_vjp  # GravesSample.backward looks the function up in its module at call time
+    try:
+        for r in range(rounds + 3):
+            for n, t in trainers.items():
+                one_step(t, next(batches[n]), phases[n] if r >= 3 else None)  # 3 rounds warm caches up
+    finally:
+        gt.graves_vjp = original
+    return {n: {k: 1e3 * statistics.median(v) for k, v in p.items()} for n, p in phases.items()}
+
+
+def time_eval(trainer, device, images, samples):
+    """Seconds to evaluate ELBO + IWAE-``samples`` on the first ``images`` test images (config chunk/batch)."""
+    from mixvae.training.evaluate import evaluate
+
+    ev = trainer.cfg.eval
+    batch = min(ev.batch_size, images)
+    sync(device)
+    t0 = time.perf_counter()
+    out = evaluate(trainer.model, trainer.data, "test", samples, ev.chunk, batch, ev.seed, -(-images // batch))
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def _status_mib(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def memory_child(name, data_root, steps):
+    """(In a subprocess) resident memory in MiB after setup, and its peak over ``steps`` steps, as JSON.
+
+    Freed memory is handed back to the OS first (glibc malloc_trim) and the kernel's high-water mark is reset
+    (/proc/self/clear_refs, Linux >= 4.0), so the rise is what the steps themselves touch.
+    """
+    import ctypes
+    import gc
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = build(name, "cpu", data_root, run_dir)
+        batches = Batches(trainer)
+        trainer.train_step(next(batches))  # compiles the Graves backward, creates the optimizer state
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        before = _status_mib("VmRSS")
+        for _ in range(steps):
+            trainer.train_step(next(batches))
+        peak = _status_mib("VmHWM")
+    print(json.dumps({"setup_mib": before, "peak_mib": peak}))
+
+
+def cpu_memory(name, data_root, steps):
+    cmd = [sys.executable, __file__, "--memory-child", name, "--memory-steps", str(steps)]
+    if data_root:
+        cmd += ["--data-root", data_root]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_device(device, args):
+    """Everything for one device; returns the markdown lines of its section."""
+    from mixvae.distributions import graves_transform as gt
+
+    quick = args.quick
+    warmup, rounds = (2, 3) if quick else (15, args.rounds)
+    per_sample = 1 if device == "cpu" else 20
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {n: build(n, device, args.data_root, f"{tmp}/{n}") for n in CONFIGS}
+        fused = {n: bool(t.optimizer.defaults.get("fused")) for n, t in trainers.items()}
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = time_steps(trainers, device, warmup, rounds, per_sample)
+        median = {n: statistics.median(v) for n, v in times.items()}
+        memory = {}
+        if device == "cuda":  # the peak of all four: each one alone, below
+            for n, t in trainers.items():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                time_steps({n: t}, device, 1, 3, 5)
+                memory[n] = ((torch.cuda.max_memory_allocated() - base) / 2**20, torch.cuda.max_memory_allocated() / 2**20)
+        elif not quick:
+            for n in trainers:
+                m = cpu_memory(n, args.data_root, 20)
+                memory[n] = (m["peak_mib"] - m["setup_mib"], m["peak_mib"])
+        epoch = {}
+        if not args.no_epoch:
+            steps = 5 if quick else EPOCH_STEPS
+            for n, t in trainers.items():
+                epoch[n] = time_epoch(t, device, steps) * EPOCH_STEPS / steps
+        parts = breakdown({n: trainers[n] for n in ("gaussian", "graves")}, device, 3 if quick else args.rounds)
+        eval_images = min(args.eval_images if device == "cpu" else TEST_IMAGES, trainers["gaussian"].data.sizes()["test"])
+        eval_samples = 50 if quick else 5000
+        evals = {n: time_eval(trainers[n], device, eval_images, eval_samples) for n in ("gaussian", "graves")}
+    load_after = os.getloadavg()
+
+    base = median["gaussian"]
+    lines = [
+        f"## {device.upper()}: {hardware(device)}",
+        "",
+        f"- load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; after: "
+        f"{', '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} cores). Other jobs share this machine: "
+        "the ratios, measured side by side, hold; absolute times are upper bounds.",
+        f"- {warmup} warm-up steps, then {rounds} interleaved rounds of {per_sample} step(s) per configuration; "
+        f"Graves backend `{gt.get_backend()}`{' (fell back to eager)' if gt._state['failed'] else ''}; "
+        f"fused optimizer: {', '.join(f'{n} {fused[n]}' for n in fused)}.",
+        "- s/epoch (median): median step x 500 steps (50,000 training images at batch 100)"
+        + ("; s/epoch (timed): 500 real `train_step` calls over the shuffled set, one host read at the end "
+           "(no validation or logging)." if epoch else "."),
+        "- peak memory: " + ("`torch.cuda.max_memory_allocated` over 15 steps, above what was allocated before "
+                             "(step), and in all." if device == "cuda" else
+                             "a fresh subprocess per configuration: peak resident memory over 20 steps (VmHWM, "
+                             "reset after setup, freed memory returned to the OS first) minus the resident memory "
+                             "before them (step), and the peak in all (data, model, optimizer included)." if memory else
+                             "not measured (--quick)."),
+        "",
+        "| configuration | K | median step (ms) | IQR (ms) | steps/s | s/epoch (median) | s/epoch (timed) "
+        "| step memory (MiB) | peak memory (MiB) | step / gaussian |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, v in times.items():
+        q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0], v[0], v[0]]
+        mem = memory.get(n)
+        lines.append(
+            f"| {n} | {CONFIGS[n][0]} | {1e3 * median[n]:.2f} | {1e3 * (q[2] - q[0]):.2f} | {1 / median[n]:.1f} "
+            f"| {EPOCH_STEPS * median[n]:.2f} | {f'{epoch[n]:.2f}' if n in epoch else '-'} "
+            f"| {f'{mem[0]:.0f}' if mem else '-'} | {f'{mem[1]:.0f}' if mem else '-'} | {median[n] / base:.2f}x |"
+        )
+    ratio = median["graves"] / base
+    lines += ["", "### Targets", ""]
+    if device == "cpu":
+        lines.append(f"- graves K = 5 step within 1.3x of the Gaussian VAE step: **{ratio:.2f}x** "
+                     f"({'met' if ratio <= 1.3 else 'not met'})")
+    else:
+        ep = epoch.get("graves", EPOCH_STEPS * median["graves"])
+        lines.append(f"- one MNIST epoch, graves K = 5, under 1 s: **{ep:.2f} s** ({'met' if ep < 1 else 'not met'})")
+    full = evals["gaussian"][0] * TEST_IMAGES / eval_images
+    how = "timed on all of them" if eval_images == TEST_IMAGES else f"timed on {eval_images} images, x {TEST_IMAGES // eval_images}"
+    lines.append(f"- IWAE-{eval_samples} evaluation of the 10,000 test images ({how}): Gaussian VAE **{full:.0f} s**, "
+                 f"graves K = 5 {evals['graves'][0] * TEST_IMAGES / eval_images:.0f} s"
+                 + (f" (GPU target: under 60 s, {'met' if full < 60 else 'not met'})" if device == "cuda" else
+                    " (the 60 s target is for a GPU)"))
+    if device == "cpu":
+        lines.append("- GPU targets (epoch < 1 s, IWAE-5000 < 60 s, IWAE-table VAE to NLL <= 87.5 in < 20 min): "
+                     "not measured here (no GPU in this run).")
+    lines += ["", "### Where the Graves step's extra time goes (median ms per phase)", "",
+              "| phase | gaussian | graves | difference |", "|---|---:|---:|---:|"]
+    for key in parts["graves"]:
+        a, b = parts["gaussian"][key], parts["graves"][key]
+        lines.append(f"| {key} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+    lines.append("")
+    return lines
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a few steps and a tiny evaluation (smoke test)")
+    p.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    p.add_argument("--data-root", default=None, help="dataset root (default: $MIXVAE_DATA_DIR, then ./data)")
+    p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    p.add_argument("--rounds", type=int, default=100, help="timed steps per configuration")
+    p.add_argument("--eval-images", type=int, default=100, help="test images for the CPU evaluation timing")
+    p.add_argument("--no-epoch", action="store_true", help="skip timing one real epoch per configuration")
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory-steps", type=int, default=20, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.memory_child:
+        return memory_child(args.memory_child, args.data_root, args.memory_steps)
+    if args.quick:
+        args.eval_images = min(args.eval_images, 10)
+    share_dataset()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    lines = header("Training throughput: MNIST, batch 100, 784-200-200-50 (scripts/bench_train.py)")
+    for device in devices:
+        print(f"benchmarking on {device} ...", flush=True)
+        lines += bench_device(device, args)
+    if "cuda" not in devices:
+        lines += ["## CUDA", "", "No GPU in this run: the GPU targets stay open.", ""]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "train_throughput.md"
+    path.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""scripts/bench_train.py end to end on tiny generated data, and the two model functions it made faster."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixvae.data.fixtures import write_fixture_root
+from mixvae.models.ops import bernoulli_log_prob, softplus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_train_quick_writes_the_table(tmp_path):
+    root = write_fixture_root(tmp_path / "data", n_train=300, n_test=100)
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--quick", "--device", "cpu",
+                    "--data-root", str(root), "--out", str(out)], check=True, capture_output=True, text=True,
+                   cwd=REPO, timeout=300)
+    text = (out / "train_throughput.md").read_text()
+    for name in ("gaussian", "graves", "enumerate", "score_function"):
+        assert f"| {name} |" in text
+    assert "within 1.3x of the Gaussian VAE step" in text and "IWAE-50 evaluation" in text
+    assert "git revision" in text and "load average" in text
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0, 40.0])
+def test_fast_softplus_and_bernoulli_log_prob_match_float64(scale):
+    """Values and gradients against float64 F.softplus, to float32 working precision (they replace it)."""
+    gen = torch.Generator().manual_seed(0)
+    a = (scale * torch.randn(3, 4, 784, generator=gen)).requires_grad_()
+    x = torch.bernoulli(torch.full((4, 784), 0.3), generator=gen)
+    a64 = a.detach().double().requires_grad_()
+
+    ll = bernoulli_log_prob(a, x)  # [3, 4]
+    ref = (x.double() * a64 - F.softplus(a64)).sum(-1)
+    (ll * torch.arange(12.0).view(3, 4)).sum().backward()
+    (ref * torch.arange(12.0, dtype=torch.float64).view(3, 4)).sum().backward()
+    # a float32 sum of 784 terms of size up to |a| carries about 784 * |a| * 2^-24 of rounding
+    torch.testing.assert_close(ll.double(), ref, rtol=0, atol=784 * scale * 6e-8 * 4)
+    torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-6, atol=1e-6)
+
+    b = a.detach()[0].clone().requires_grad_()
+    b64 = b.detach().double().requires_grad_()
+    softplus(b).sum().backward()
+    F.softplus(b64).sum().backward()
+    torch.testing.assert_close(softplus(b).double(), F.softplus(b64), rtol=2e-7, atol=1.2e-7)
+    torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_bernoulli_log_prob_gradient_to_the_data():
+    a = torch.randn(2, 3, 5)
+    x = torch.rand(3, 5, requires_grad=True)
+    bernoulli_log_prob(a, x).sum().backward()
+    torch.testing.assert_close(x.grad, a.sum(0))
