@@ -82,7 +82,7 @@ def test_per_sample_check_fails_for_a_wrong_derivative(monkeypatch):
     logits, loc, scale = make_params((), 3, 4, seed=3)
     index, eps = torch.tensor([1]), torch.randn(1, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
     real = gt._parameter_grads
-    monkeypatch.setattr(gt, "_grads", lambda v, c, *rest: real(v, torch.zeros_like(c), *rest))
+    monkeypatch.setattr(gt, "_parameter_grads", lambda v, c, *rest: real(v, torch.zeros_like(c), *rest))
     z, jac = autograd_jacobian(logits, loc, scale, index, eps)
     u = DiagGaussianMixture(logits, loc, scale).cdf_conditional(z)
     fd = inverse_jacobian_fd(u, logits, loc, scale)

@@ -25,10 +25,11 @@ def _problem(dtype, device="cpu", n=64, k=5, d=40, seed=0):
     return [t.to(device) for t in (grad_z, z, logits, loc, scale)]
 
 
+@pytest.mark.parametrize("d", [40, 100])  # one compiled graph (D <= 2 blocks); compiled coefficients (more blocks)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-9)])
-def test_compiled_backend_matches_reference(backend, dtype, tol):
+def test_compiled_backend_matches_reference(backend, dtype, tol, d):
     backend("compile")
-    args = _problem(dtype)
+    args = _problem(dtype, d=d)
     got = gt.graves_vjp(*args)
     ref = gt.graves_vjp_reference(*args)  # always eager, one step per dimension
     for a, b in zip(got, ref):

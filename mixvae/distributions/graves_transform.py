@@ -117,14 +117,17 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 
 # ---- backends ---------------------------------------------------------------------------------------------------
 # The elementwise work over [N, K, D] (about 25 passes in eager mode) dominates the backward pass once the sweep is
-# blocked; torch.compile fuses it into a few loops. "auto" compiles when it can and falls back to eager PyTorch
-# (with one warning) when it cannot, e.g. without a C++ compiler. MIXVAE_GRAVES_BACKEND picks it at import.
+# blocked; torch.compile fuses it into a few loops. With one or two blocks (D <= 2 * block_size, the VAE sizes)
+# the whole backward compiles into one graph, which is fastest; with more blocks only the coefficients and the
+# final gradients are compiled (a whole graph then recomputes the coefficients inside every block and is slower).
+# "auto" compiles when it can and falls back to eager PyTorch (with one warning) when it cannot, e.g. without a
+# C++ compiler. MIXVAE_GRAVES_BACKEND picks the backend at import.
 BACKENDS = ("auto", "compile", "eager")
-_state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": None, "failed": False}
+_state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": {}, "failed": False}
 
 
 def set_backend(name: str) -> None:
-    """Choose how the Graves backward pass computes its elementwise coefficients: "auto", "compile", "eager"."""
+    """Choose how the Graves backward pass runs: "auto" (compiled, eager if that fails), "compile", "eager"."""
     if name not in BACKENDS:
         raise ValueError(f"unknown Graves backend {name!r}; choose one of {', '.join(BACKENDS)}")
     _state["backend"] = name
@@ -134,48 +137,14 @@ def get_backend() -> str:
     return _state["backend"]
 
 
-def _coefficient_fn():
-    backend = _state["backend"]
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"MIXVAE_GRAVES_BACKEND={backend!r} is not a Graves backend; choose one of {', '.join(BACKENDS)}"
-        )
-    if backend == "eager" or (backend == "auto" and _state["failed"]):
-        return graves_coefficients, _parameter_grads
-    if _state["compiled"] is None:
-        _state["compiled"] = (
-            torch.compile(graves_coefficients, dynamic=None),
-            torch.compile(_parameter_grads, dynamic=None),
-        )
-    return _state["compiled"]
-
-
-def _coefficients(z, logits, loc, scale):
-    coef, _ = _coefficient_fn()
-    try:
-        return coef(z, logits, loc, scale)
-    except Exception as err:  # a compiler missing or failing must not stop training
-        if _state["backend"] != "auto" or coef is graves_coefficients:
-            raise
-        _state["failed"] = True
-        warnings.warn(f"mixvae: torch.compile of the Graves backward failed ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0] if str(err) else ''}); using eager PyTorch", stacklevel=3)
-        return graves_coefficients(z, logits, loc, scale)
-
-
-def _grads(*args):
-    _, grads = _coefficient_fn()
-    try:
-        return grads(*args)
-    except Exception:
-        if _state["backend"] != "auto" or grads is _parameter_grads:
-            raise
-        _state["failed"] = True
-        return _parameter_grads(*args)
+def _compiled(fn):
+    if fn not in _state["compiled"]:
+        _state["compiled"][fn] = torch.compile(fn, dynamic=None)
+    return _state["compiled"][fn]
 
 
 def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SIZE):
-    """Blocked back-substitution for dL/d(logits, loc, scale) given dL/dz.
+    """Blocked back-substitution for dL/d(logits, loc, scale) given dL/dz, on the current backend.
 
     Args:
         grad_z, z: ``[N, D]``; logits ``[N, K]``; loc, scale ``[N, K, D]``.
@@ -184,7 +153,33 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
     Returns:
         ``(grad_logits [N, K], grad_loc [N, K, D], grad_scale [N, K, D])``.
     """
-    r, chat, s, x = _coefficients(z, logits, loc, scale)
+    backend = _state["backend"]
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"MIXVAE_GRAVES_BACKEND={backend!r} is not a Graves backend; choose one of {', '.join(BACKENDS)}"
+        )
+    args = (grad_z, z, logits, loc, scale, block_size)
+    if backend == "eager" or (backend == "auto" and _state["failed"]):
+        return blocked_vjp(*args)
+    try:
+        if z.shape[-1] <= 2 * block_size:
+            return _compiled(blocked_vjp)(*args)
+        return blocked_vjp(*args, coefficients=_compiled(graves_coefficients), grads=_compiled(_parameter_grads))
+    except Exception as err:  # a compiler missing or failing must not stop training
+        if backend != "auto":
+            raise
+        _state["failed"] = True
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        warnings.warn(f"mixvae: torch.compile of the Graves backward failed ({type(err).__name__}: {first_line}); "
+                      "using eager PyTorch", stacklevel=2)
+        return blocked_vjp(*args)
+
+
+def blocked_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SIZE, coefficients=None, grads=None):
+    """The blocked back-substitution itself, in plain PyTorch (see :func:`graves_vjp` for the arguments);
+    ``coefficients`` and ``grads`` replace :func:`graves_coefficients` and the final gradient formulas."""
+    grads = grads or _parameter_grads
+    r, chat, s, x = (coefficients or graves_coefficients)(z, logits, loc, scale)
     n, k, d = r.shape
     v = torch.empty_like(grad_z)  # v'_d = v_d f_d, [N, D]
     big_c = torch.empty_like(r)  # C_kd, [N, K, D]
@@ -204,7 +199,7 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
         big_c[..., start:stop] = carry.unsqueeze(-1) + suffix - contrib
         carry = carry + suffix[..., 0]
         v[:, start:stop] = v_b
-    return _grads(v, big_c, r, chat, s, x, scale)
+    return grads(v, big_c, r, chat, s, x, scale)
 
 
 def graves_vjp_reference(grad_z, z, logits, loc, scale):
