@@ -117,9 +117,11 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 
 # ---- backends ---------------------------------------------------------------------------------------------------
 # The elementwise work over [N, K, D] (about 25 passes in eager mode) dominates the backward pass once the sweep is
-# blocked; torch.compile fuses it into a few loops. With one or two blocks (D <= 2 * block_size, the VAE sizes)
-# the whole backward compiles into one graph, which is fastest; with more blocks only the coefficients and the
-# final gradients are compiled (a whole graph then recomputes the coefficients inside every block and is slower).
+# blocked; torch.compile fuses it into a few loops. For small problems with one or two blocks (a VAE's batch:
+# N K D of a few 10^4) the whole backward compiles into one graph, which is fastest (0.5 ms against 0.9 ms at
+# N=100, K=5, D=50); otherwise only the coefficients and the final gradients are compiled, since a whole graph
+# then recomputes the coefficients inside every block and is slower (scripts/bench_rsample.py measured both).
+_WHOLE_GRAPH_MAX_ELEMENTS = 1 << 17
 # "auto" compiles when it can and falls back to eager PyTorch (with one warning) when it cannot, e.g. without a
 # C++ compiler. MIXVAE_GRAVES_BACKEND picks the backend at import.
 BACKENDS = ("auto", "compile", "eager")
@@ -162,7 +164,7 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
     if backend == "eager" or (backend == "auto" and _state["failed"]):
         return blocked_vjp(*args)
     try:
-        if z.shape[-1] <= 2 * block_size:
+        if z.shape[-1] <= 2 * block_size and loc.numel() <= _WHOLE_GRAPH_MAX_ELEMENTS:
             return _compiled(blocked_vjp)(*args)
         return blocked_vjp(*args, coefficients=_compiled(graves_coefficients), grads=_compiled(_parameter_grads))
     except Exception as err:  # a compiler missing or failing must not stop training
