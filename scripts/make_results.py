@@ -35,10 +35,11 @@ def estimator_name(est: dict) -> str:
 
 
 def row_label(cfg: dict) -> str:
-    """'graves', 'score_function (mean)': the estimator and, when it has one, its baseline."""
+    """'graves', 'score_function (mean)', 'gumbel_softmax (straight-through)': the estimator and its variant."""
     est = cfg["estimator"]
     baseline = est.get("baseline")
-    return estimator_name(est) + (f" ({baseline})" if baseline is not None else "")
+    variant = baseline if baseline is not None else ("straight-through" if est.get("straight_through") else None)
+    return estimator_name(est) + (f" ({variant})" if variant is not None else "")
 
 
 def run_name(cfg: dict) -> str:
@@ -258,6 +259,9 @@ def unique_rows(grad: dict) -> dict[tuple, dict]:
     row is the graves row) are counted once."""
     out = {}
     for entry in grad.get("rows", {}).values():
+        # the label from the options measured (not the stored one), so that labels follow row_label
+        est = {"_target_": f"mixvae.estimators.{entry['estimator']}.X", **entry.get("options", {})}
+        entry = {**entry, "label": row_label({"estimator": est})}
         out.setdefault((entry["label"], entry["objective"], entry["num_samples"]), entry)
     return out
 
