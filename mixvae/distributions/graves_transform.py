@@ -80,6 +80,13 @@ def graves_coefficients(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor
         r = w phi / f (responsibilities of dimension d given z_<=d), chat = w (Phi - u) / f,
         s = d log N(z_d; mu_kd, sigma_kd) / dz_d = -x / sigma, x = (z - mu) / sigma.
     """
+    x, r, w, w_over_f = _conditional_weights(z, logits, loc, scale)
+    chat, s = _tail_coefficients(x, r, w, w_over_f, scale)
+    return r, chat, s, x
+
+
+def _conditional_weights(z, logits, loc, scale):
+    """x, r = w phi / f, w and w / f, each ``[N, K, D]`` (w_kd = p(k | z_<d), f_d the conditional density)."""
     x = (z.unsqueeze(-2) - loc) / scale  # [N, K, D]
     log_phi = -0.5 * x * x - scale.log() - _HALF_LOG_2PI  # [N, K, D]
     # a_kd = log pi_k + sum_{j<d} log phi_kj: the exclusive cumulative sum, built by shifting so that no
@@ -88,20 +95,30 @@ def graves_coefficients(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor
     log_w = a - a.logsumexp(-2, keepdim=True)  # [N, K, D], w_kd = p(k | z_<d)
     log_w_phi = log_w + log_phi
     log_f = log_w_phi.logsumexp(-2, keepdim=True)  # [N, 1, D], conditional density f_d
-    r = (log_w_phi - log_f).exp()
-    w = log_w.exp()
+    return x, (log_w_phi - log_f).exp(), log_w.exp(), (log_w - log_f).exp()
 
-    # Phi_k - u = Phi_k - u (left of the conditional median) = (1 - u) - (1 - Phi_k) (right of it): pick the
-    # form whose terms are small, so that the difference keeps its digits in either tail. Both forms are
-    # exact; the side only needs to be roughly right, so a crude Phi(x) ~ (1 + x / (1 + |x|)) / 2 picks it.
+
+def _tail_coefficients(x, r, w, w_over_f, scale):
+    """chat = w (Phi - u) / f and s = -x / sigma, each ``[N, K, D]``.
+
+    Phi_k - u = Phi_k - u (left of the conditional median) = (1 - u) - (1 - Phi_k) (right of it): the form whose
+    terms are small keeps the difference's digits in either tail. Both forms are exact; the side only needs to be
+    roughly right, so a crude Phi(x) ~ (1 + x / (1 + |x|)) / 2 picks it. The tail masses and f underflow far out;
+    only their ratios are formed: with T_k = Phi(-|x_k|), w_k T_k / f = r_k sigma_k R(|x_k|) (R the Mills ratio)
+    and the larger tail w_k (1 - T_k) / f = w_k / f - that. (Kept apart from the weights so that a compiler does
+    not recompute them inside each of these reductions over k.)"""
     left = (w * (x / (1 + x.abs()))).sum(-2, keepdim=True) < 0  # u_d < 1/2 (roughly), [N, 1, D]
-    # The tail masses and f underflow far out; only their ratios are formed. With T_k = Phi(-|x_k|), the
-    # smaller tail: w_k T_k / f = r_k sigma_k R(|x_k|) (R the Mills ratio), the larger: w_k / f - that.
     small = r * scale * mills_ratio(x.abs())  # w T / f, [N, K, D]
-    tail = torch.where(left == (x < 0), small, (log_w - log_f).exp() - small)  # w Phi/f (left), w (1-Phi)/f
+    tail = torch.where(left == (x < 0), small, w_over_f - small)  # w Phi / f (left), w (1 - Phi) / f (right)
     tail_sum = tail.sum(-2, keepdim=True)  # u / f or (1 - u) / f
     chat = torch.where(left, tail - w * tail_sum, w * tail_sum - tail)
-    s = -x / scale
+    return chat, -x / scale
+
+
+def _compiled_coefficients(z, logits, loc, scale):
+    """graves_coefficients as two compiled graphs (weights, then tails), intermediates materialised between."""
+    x, r, w, w_over_f = _compiled(_conditional_weights)(z, logits, loc, scale)
+    chat, s = _compiled(_tail_coefficients)(x, r, w, w_over_f, scale)
     return r, chat, s, x
 
 
@@ -166,7 +183,7 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
     try:
         if z.shape[-1] <= 2 * block_size and loc.numel() <= _WHOLE_GRAPH_MAX_ELEMENTS:
             return _compiled(blocked_vjp)(*args)
-        return blocked_vjp(*args, coefficients=_compiled(graves_coefficients), grads=_compiled(_parameter_grads))
+        return blocked_vjp(*args, coefficients=_compiled_coefficients, grads=_compiled(_parameter_grads))
     except Exception as err:  # a compiler missing or failing must not stop training
         if backend != "auto":
             raise
