@@ -210,7 +210,7 @@ def blocked_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_S
         rhs = grad_z[:, start:stop] - (s_b * carry.unsqueeze(-1)).sum(-2)  # [N, b]
         # M_de = sum_k s_kd chat_ke; the solve reads only the strict upper triangle (e > d) of M and takes a
         # unit diagonal, so the rest of the product is never masked out
-        coupling = torch.bmm(s_b.transpose(1, 2), c_b)  # [N, b, b]
+        coupling = torch.bmm(s_b.transpose(1, 2).contiguous(), c_b.contiguous())  # [N, b, b]; dense is faster
         v_b = torch.linalg.solve_triangular(coupling, rhs.unsqueeze(-1), upper=True, unitriangular=True)
         v_b = v_b.squeeze(-1)  # [N, b]
         contrib = c_b * v_b.unsqueeze(-2)  # [N, K, b]
