@@ -24,10 +24,7 @@ def _broadcast_shapes(*shapes, what: str):
 
 def _conditional_cdf(value, logits, loc, scale):
     """u_d = F_d(value_d | value_<d), ``[..., D]``; stable in both tails (see graves_transform)."""
-    x = (value.unsqueeze(-2) - loc) / scale  # [..., K, D]
-    log_phi = -0.5 * x * x - scale.log() - _HALF_LOG_2PI
-    a = torch.nn.functional.pad(log_phi[..., :-1], (1, 0)).cumsum(-1) + logits.unsqueeze(-1)
-    log_w = a - a.logsumexp(-2, keepdim=True)
+    x, _, log_w = gt.log_conditional_weights(value, logits, loc, scale)  # [..., K, D]
     log_u = (log_w + torch.special.log_ndtr(x)).logsumexp(-2)
     log_sf = (log_w + torch.special.log_ndtr(-x)).logsumexp(-2)
     # 1 - exp(log(1 - u)) above the median keeps the digits of u close to 1

@@ -18,9 +18,9 @@ solve (one batched call), between blocks only the K running sums C_k are carried
 steps is D / block_size and the cost stays linear in D.
 
 Numerics: every quantity that underflows in a tail (the conditional density f_d, phi_kd, Phi_kd - u_d) is only
-ever used as a ratio, computed in log space:
+ever used as a ratio (log-space weights; the normal tails through the Mills ratio):
     r_kd    = w_kd phi_kd / f_d                      (a softmax over k)
-    chat_kd = c_kd / f_d = w_kd (Phi_kd - u_d) / f_d (from log Phi below the conditional median, log(1 - Phi) above)
+    chat_kd = c_kd / f_d = w_kd (Phi_kd - u_d) / f_d (Phi - u below the conditional median, (1-u) - (1-Phi) above)
 and the sweep is written for v'_d = v_d f_d, which is finite wherever the ratios are.
 
 Two implementations of the backward pass are kept:
@@ -85,14 +85,19 @@ def graves_coefficients(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor
     return r, chat, s, x
 
 
-def _conditional_weights(z, logits, loc, scale):
-    """x, r = w phi / f, w and w / f, each ``[N, K, D]`` (w_kd = p(k | z_<d), f_d the conditional density)."""
-    x = (z.unsqueeze(-2) - loc) / scale  # [N, K, D]
-    log_phi = -0.5 * x * x - scale.log() - _HALF_LOG_2PI  # [N, K, D]
+def log_conditional_weights(z, logits, loc, scale):
+    """x = (z - mu) / sigma, log phi_kd and log w_kd = log p(k | z_<d), each ``[..., K, D]`` for z ``[..., D]``."""
+    x = (z.unsqueeze(-2) - loc) / scale  # [..., K, D]
+    log_phi = -0.5 * x * x - scale.log() - _HALF_LOG_2PI  # [..., K, D]
     # a_kd = log pi_k + sum_{j<d} log phi_kj: the exclusive cumulative sum, built by shifting so that no
     # cancellation (cumsum - log_phi) loses digits once the sum has grown large.
-    a = F.pad(log_phi[..., :-1], (1, 0)).cumsum(-1) + logits.unsqueeze(-1)  # [N, K, D]
-    log_w = a - a.logsumexp(-2, keepdim=True)  # [N, K, D], w_kd = p(k | z_<d)
+    a = F.pad(log_phi[..., :-1], (1, 0)).cumsum(-1) + logits.unsqueeze(-1)  # [..., K, D]
+    return x, log_phi, a - a.logsumexp(-2, keepdim=True)
+
+
+def _conditional_weights(z, logits, loc, scale):
+    """x, r = w phi / f, w and w / f, each ``[N, K, D]`` (w_kd = p(k | z_<d), f_d the conditional density)."""
+    x, log_phi, log_w = log_conditional_weights(z, logits, loc, scale)
     log_w_phi = log_w + log_phi
     log_f = log_w_phi.logsumexp(-2, keepdim=True)  # [N, 1, D], conditional density f_d
     return x, (log_w_phi - log_f).exp(), log_w.exp(), (log_w - log_f).exp()
