@@ -81,6 +81,7 @@ def test_per_sample_check_fails_for_a_wrong_derivative(monkeypatch):
     """The exactness test can fail: drop the cross-dimension term (C_k := 0) and the loc Jacobian is wrong."""
     logits, loc, scale = make_params((), 3, 4, seed=3)
     index, eps = torch.tensor([1]), torch.randn(1, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setitem(gt._state, "backend", "eager")  # the PyTorch path, whose pieces can be broken
     real = gt._parameter_grads
     monkeypatch.setattr(gt, "_parameter_grads", lambda v, c, *rest: real(v, torch.zeros_like(c), *rest))
     z, jac = autograd_jacobian(logits, loc, scale, index, eps)
@@ -197,6 +198,7 @@ def test_rsample_gradient_is_unbiased(kind, k, d):
 
 def test_unbiasedness_check_fails_for_a_wrong_gradient(monkeypatch):
     """Drop the component-weight path (chat := 0): the logits get no gradient and the test must notice."""
+    monkeypatch.setitem(gt._state, "backend", "eager")  # the PyTorch path, whose pieces can be broken
     real = gt.graves_coefficients
 
     def broken(*args):

@@ -37,6 +37,9 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from mixvae.distributions import native
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _INV_SQRT2 = 1 / math.sqrt(2)
@@ -138,20 +141,24 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 
 
 # ---- backends ---------------------------------------------------------------------------------------------------
-# The elementwise work over [N, K, D] (about 25 passes in eager mode) dominates the backward pass once the sweep is
-# blocked; torch.compile fuses it into a few loops. For small problems with one or two blocks (a VAE's batch:
-# N K D of a few 10^4) the whole backward compiles into one graph, which is fastest (0.5 ms against 0.9 ms at
-# N=100, K=5, D=50); otherwise only the coefficients and the final gradients are compiled, since a whole graph
-# then recomputes the coefficients inside every block and is slower (scripts/bench_rsample.py measured both).
+# "native" (the default on CPU): the whole backward pass in C (graves_native.c via native.py): per sample, every
+# coefficient in one pass over cache-resident memory and the sweep one dimension at a time, O(K) per step; several
+# times faster than the compiled graphs below. Built with the system C compiler on first use (about a second).
+# "compile": the elementwise work over [N, K, D] (about 25 passes in eager mode) fused by torch.compile; the path
+# for CUDA. For small problems with one or two blocks (a VAE's batch: N K D of a few 10^4) the whole backward
+# compiles into one graph; otherwise only the coefficients and the final gradients are compiled, since a whole
+# graph then recomputes the coefficients inside every block (scripts/bench_rsample.py measured both).
+# "eager": plain PyTorch, the blocked sweep below. "auto" takes native for CPU tensors, compile elsewhere, and
+# falls back (with one warning) to eager when compiling fails, e.g. without a C++ compiler.
 _WHOLE_GRAPH_MAX_ELEMENTS = 1 << 17
-# "auto" compiles when it can and falls back to eager PyTorch (with one warning) when it cannot, e.g. without a
-# C++ compiler. MIXVAE_GRAVES_BACKEND picks the backend at import.
-BACKENDS = ("auto", "compile", "eager")
-_state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": {}, "failed": False}
+BACKENDS = ("auto", "native", "compile", "eager")
+_state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": {}, "failed": False,
+          "native_warned": False}
 
 
 def set_backend(name: str) -> None:
-    """Choose how the Graves backward pass runs: "auto" (compiled, eager if that fails), "compile", "eager"."""
+    """Choose how the Graves backward pass runs: "auto" (native C on CPU, compiled elsewhere, eager if those
+    fail), "native", "compile" or "eager"."""
     if name not in BACKENDS:
         raise ValueError(f"unknown Graves backend {name!r}; choose one of {', '.join(BACKENDS)}")
     _state["backend"] = name
@@ -167,12 +174,33 @@ def _compiled(fn):
     return _state["compiled"][fn]
 
 
+def _use_native(backend: str, loc: torch.Tensor) -> bool:
+    if backend not in ("auto", "native"):
+        return False
+    if not native.supports(loc):
+        if backend == "native":
+            raise native.NativeUnavailable(
+                f"the native Graves backend runs on CPU float32/float64 tensors, not {loc.device} {loc.dtype}; "
+                "use set_backend('auto')")
+        return False
+    if native.available():
+        return True
+    if backend == "native":
+        raise native.NativeUnavailable(native.unavailable_reason())
+    if not _state["native_warned"]:
+        _state["native_warned"] = True
+        warnings.warn(f"mixvae: the C Graves kernel is unavailable ({native.unavailable_reason()}); "
+                      "using torch.compile / PyTorch", stacklevel=3)
+    return False
+
+
 def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SIZE):
-    """Blocked back-substitution for dL/d(logits, loc, scale) given dL/dz, on the current backend.
+    """dL/d(logits, loc, scale) given dL/dz, on the current backend.
 
     Args:
         grad_z, z: ``[N, D]``; logits ``[N, K]``; loc, scale ``[N, K, D]``.
-        block_size: dimensions per triangular solve; time O(K D block_size), D / block_size sequential steps.
+        block_size: dimensions per triangular solve of the PyTorch paths (time O(K D block_size),
+            D / block_size sequential steps); the native path has no blocks.
 
     Returns:
         ``(grad_logits [N, K], grad_loc [N, K, D], grad_scale [N, K, D])``.
@@ -182,15 +210,17 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
         raise ValueError(
             f"MIXVAE_GRAVES_BACKEND={backend!r} is not a Graves backend; choose one of {', '.join(BACKENDS)}"
         )
+    if _use_native(backend, loc):
+        return native.graves_vjp(grad_z, z, logits, loc, scale)
     args = (grad_z, z, logits, loc, scale, block_size)
-    if backend == "eager" or (backend == "auto" and _state["failed"]):
+    if backend == "eager" or (backend in ("auto", "native") and _state["failed"]):
         return blocked_vjp(*args)
     try:
         if z.shape[-1] <= 2 * block_size and loc.numel() <= _WHOLE_GRAPH_MAX_ELEMENTS:
             return _compiled(blocked_vjp)(*args)
         return blocked_vjp(*args, coefficients=_compiled_coefficients, grads=_compiled(_parameter_grads))
     except Exception as err:  # a compiler missing or failing must not stop training
-        if backend != "auto":
+        if backend == "compile":
             raise
         _state["failed"] = True
         first_line = str(err).splitlines()[0] if str(err) else ""
@@ -258,6 +288,7 @@ class GravesSample(torch.autograd.Function):
         return z
 
     @staticmethod
+    @once_differentiable  # Graves' transform has no second derivative here: z's graph is the fixed-index one
     def backward(ctx, grad_z):
         z, logits, loc, scale = ctx.saved_tensors
         grads = graves_vjp(grad_z, z, logits, loc, scale, ctx.block_size)

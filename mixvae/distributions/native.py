@@ -1,0 +1,161 @@
+"""The Graves backward pass in C on the CPU (``graves_native.c``), built on first use and called through ctypes.
+
+The C file is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into
+a cache directory (``$MIXVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mixvae`` or ``~/.cache/mixvae``), keyed by the
+source, the compiler, the flags and the CPU (the build uses ``-march=native``), so a shared home directory on
+machines with different CPUs keeps one build each. No PyTorch headers are involved: the build takes about a
+second. Without a compiler :func:`available` is False and says why; the PyTorch backends then run instead.
+
+ctypes releases the GIL during the call, so large batches are split over ``torch.get_num_threads()`` threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("graves_native.c")
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+_ARCH_FLAGS = ["-march=native"]
+#: Batches with fewer (sample x component x dimension) elements than this run on one thread.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+_lock = threading.Lock()
+_state: dict = {"lib": None, "error": None, "pool": None}
+
+
+class NativeUnavailable(RuntimeError):
+    """The C backend could not be built or loaded here (no compiler, or the build failed)."""
+
+
+def cache_dir() -> Path:
+    if os.environ.get("MIXVAE_CACHE_DIR"):
+        return Path(os.environ["MIXVAE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mixvae"
+
+
+def _compiler() -> str:
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise NativeUnavailable("no C compiler found (set $CC or install gcc)")
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build() -> Path:
+    cc = _compiler()
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(_FLAGS + _ARCH_FLAGS).encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    target = cache_dir() / f"graves_native-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for arch in (_ARCH_FLAGS, []):  # -march=native is not known to every compiler/architecture
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [cc, *_FLAGS, *arch, str(SOURCE), "-o", tmp, "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            os.replace(tmp, target)  # atomic: concurrent first uses (e.g. a joblib sweep) are safe
+            return target
+        os.unlink(tmp)
+        errors.append(f"{' '.join(cmd)}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}")
+    raise NativeUnavailable("building the C Graves kernel failed: " + " | ".join(errors))
+
+
+def _load():
+    if _state["lib"] is not None:
+        return _state["lib"]
+    if _state["error"] is not None:
+        raise NativeUnavailable(_state["error"])
+    with _lock:
+        if _state["lib"] is None and _state["error"] is None:
+            try:
+                lib = ctypes.CDLL(str(_build()))
+                for suffix in ("f32", "f64"):
+                    fn = getattr(lib, f"graves_vjp_{suffix}")
+                    fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 9
+                    fn.restype = None
+                    size = getattr(lib, f"graves_scratch_{suffix}")
+                    size.argtypes = [ctypes.c_int64, ctypes.c_int64]
+                    size.restype = ctypes.c_int64
+                _state["lib"] = lib
+            except (NativeUnavailable, OSError) as err:
+                _state["error"] = str(err)
+    return _load()
+
+
+def available() -> bool:
+    """True when the C kernel is built (or can be) and loaded."""
+    try:
+        _load()
+        return True
+    except NativeUnavailable:
+        return False
+
+
+def unavailable_reason() -> str | None:
+    return None if available() else _state["error"]
+
+
+def supports(t: torch.Tensor) -> bool:
+    """Whether the C kernel handles tensors like ``t`` (CPU, float32 or float64)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def graves_vjp(grad_z, z, logits, loc, scale):
+    """dL/d(logits, loc, scale) from dL/dz: the same contract as ``graves_transform.graves_vjp`` (no blocks:
+    the C sweep is sequential per sample and costs O(K) per dimension). CPU float32/float64 only."""
+    lib = _load()
+    n, k, d = loc.shape
+    dtype = loc.dtype
+    if not supports(loc):
+        raise NativeUnavailable(f"the C Graves kernel runs on CPU float32/float64, not {loc.device} {dtype}")
+    fn = lib.graves_vjp_f32 if dtype == torch.float32 else lib.graves_vjp_f64
+    scratch_size = (lib.graves_scratch_f32 if dtype == torch.float32 else lib.graves_scratch_f64)(k, d)
+    inputs = [t.detach().to(dtype).contiguous() for t in (grad_z, z, logits, loc, scale)]
+    grad_logits = torch.empty(n, k, dtype=dtype)
+    grad_loc = torch.empty(n, k, d, dtype=dtype)
+    grad_scale = torch.empty(n, k, d, dtype=dtype)
+    pointers = [t.data_ptr() for t in (*inputs, grad_logits, grad_loc, grad_scale)]
+    threads = min(torch.get_num_threads(), n) if n * k * d >= PARALLEL_MIN_ELEMENTS else 1
+    scratch = torch.empty(threads, scratch_size, dtype=dtype)
+    if threads == 1:
+        fn(0, n, k, d, *pointers, scratch.data_ptr())
+    else:
+        bounds = [n * i // threads for i in range(threads + 1)]
+        pool = _pool(threads)
+        jobs = [pool.submit(fn, bounds[i], bounds[i + 1], k, d, *pointers, scratch[i].data_ptr())
+                for i in range(threads)]
+        for job in jobs:
+            job.result()
+    return grad_logits, grad_loc, grad_scale
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    pool = _state["pool"]
+    if pool is None or pool._max_workers < threads:
+        pool = _state["pool"] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mixvae-graves")
+    return pool
