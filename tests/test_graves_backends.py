@@ -1,5 +1,6 @@
 """Every Graves backward backend (native C, compiled, eager) agrees with the plain PyTorch reference loop."""
 
+import math
 import os
 import subprocess
 import sys
@@ -145,3 +146,26 @@ def test_native_build_is_cached_per_source(tmp_path, monkeypatch):
     first = native._build()
     assert first.parent == tmp_path and first.exists()
     assert native._build() == first  # a second call reuses the build
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_index_sampler_native_matches_pytorch(backend, dtype):
+    """Both backends draw k by the inverse CDF of the same uniform; a zero-weight component is never drawn and
+    the frequencies are the weights."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, generator=g, dtype=dtype)
+    logits[:, 0] = -math.inf  # zero weight first, inside and last
+    logits[1, 2] = -math.inf
+    logits[2, 4] = -math.inf
+    q = DiagGaussianMixture(logits, torch.zeros(4, 5, 1, dtype=dtype), torch.ones(4, 5, 1, dtype=dtype))
+    u = torch.rand(20000, 4, generator=g, dtype=dtype)
+    backend("native")
+    fast = q.index_from_uniform(u)
+    backend("eager")
+    slow = q.index_from_uniform(u)
+    assert (fast != slow).float().mean() < 1e-3  # only where u sits on a boundary, up to rounding
+    assert not (fast == 0).any() and not (fast[:, 1] == 2).any() and not (fast[:, 2] == 4).any()
+    freq = torch.nn.functional.one_hot(fast, 5).to(dtype).mean(0)  # [4, 5]
+    probs = logits.softmax(-1)
+    se = (probs * (1 - probs) / u.shape[0]).sqrt().clamp_min(1e-12)
+    assert ((freq - probs).abs() / se).max() < 5

@@ -8,18 +8,28 @@ import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal, constraints
 
 from mixvae.distributions import graves_transform as gt
+from mixvae.distributions import native
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _broadcast_shapes(*shapes, what: str):
-    try:
-        return torch.broadcast_shapes(*shapes)
-    except RuntimeError:
+    """torch.broadcast_shapes in plain Python (torch's is a slow reference implementation; this runs per step)."""
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, start=ndim - len(shape)):
+            if size != 1 and size != out[i]:
+                if out[i] != 1:
+                    break
+                out[i] = size
+        else:
+            continue
         raise ValueError(
             f"DiagGaussianMixture: {what} do not broadcast ({', '.join(str(tuple(s)) for s in shapes)}); "
             "expected logits [..., K] and loc, scale [..., K, D]"
-        ) from None
+        )
+    return torch.Size(out)
 
 
 def _conditional_cdf(value, logits, loc, scale):
@@ -143,13 +153,26 @@ class DiagGaussianMixture(Distribution):
 
     # ---- sampling --------------------------------------------------------------------------------------------
     def sample_index(self, sample_shape=torch.Size()) -> torch.Tensor:
-        """Component indices ``[*sample_shape, *batch]`` (int64), k ~ Cat(pi)."""
-        shape = torch.Size(sample_shape)
+        """Component indices ``[*sample_shape, *batch]`` (int64), k ~ Cat(pi), by the inverse CDF of one uniform
+        per draw (:meth:`index_from_uniform`)."""
+        shape = torch.Size(sample_shape) + self.batch_shape
+        u = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device)
+        return self.index_from_uniform(u)
+
+    def index_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """k = #{j < K-1 : F_j <= u}, F the running sum of the weights: the inverse CDF of Cat(pi) at u in [0, 1)
+        (``[*S, *batch]`` -> int64 of the same shape). A zero-weight component is never drawn."""
+        k = self.num_components
+        lead = u.shape
+        logits = self.logits.detach().expand(*lead, k).reshape(-1, k)
+        flat_u = u.detach().reshape(-1)
+        if gt.use_native(logits):
+            return native.sample_index(logits, flat_u).reshape(lead)
         with torch.no_grad():
-            probs = self.log_weights.exp().reshape(-1, self.num_components)
-            n = shape.numel()
-            idx = torch.multinomial(probs, n, replacement=True)  # [prod(batch), n]
-            return idx.t().reshape(shape + self.batch_shape)
+            weights = (logits - logits.amax(-1, keepdim=True)).exp()
+            running = weights[:, :-1].cumsum(-1)
+            threshold = flat_u.to(weights.dtype).unsqueeze(-1) * weights.sum(-1, keepdim=True)
+            return (running <= threshold).sum(-1).reshape(lead)
 
     def rsample_component(self, index: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         """z = loc[k] + scale[k] * eps for given indices ``[*S, *batch]``: pathwise in loc and scale only
@@ -170,7 +193,7 @@ class DiagGaussianMixture(Distribution):
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         if k == 1:  # the Gaussian reparameterization, bit for bit
             return self.loc[..., 0, :] + self.scale[..., 0, :] * eps
-        index = self.sample_index(sample_shape)
+        index = self.sample_index(sample_shape)  # one uniform per draw, after the noise
         if not (torch.is_grad_enabled() and (self.logits.requires_grad or self.loc.requires_grad
                                               or self.scale.requires_grad)):
             return self.rsample_component(index, eps).detach()

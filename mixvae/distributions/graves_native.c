@@ -1,15 +1,16 @@
-/* Graves' backward pass for diagonal Gaussian mixtures, one sample at a time, in plain C (CPU).
+/* Graves' backward pass for diagonal Gaussian mixtures in plain C (CPU), and the forward draw.
  *
  * The same algorithm and numerics as graves_transform.py (read its module docstring first): per sample, the
  * coefficients r, chat, s, x over [K, D], then one backward sweep over d carrying C_k, then the parameter
- * gradients. Everything for one sample stays in a scratch block that fits in cache; every loop over (k, d) runs
- * with d innermost over contiguous memory so that the compiler vectorises it (no reassociation is needed: the
- * reductions over k accumulate into per-d arrays). Only the sweep is sequential in d, O(K) per step.
+ * gradients. A sample's work stays in a scratch block that fits in cache (rows padded to a multiple of 8); every
+ * loop over (k, d) runs with d innermost over contiguous memory so that the compiler vectorises it without
+ * reassociating anything (the reductions over k accumulate into per-d arrays). Only the sweep is sequential in d,
+ * O(K) per step; the sweeps of a group of samples are interleaved so that their dependency chains overlap.
  *
  * Loaded by mixvae/distributions/native.py, which compiles this file with the system C compiler on first use and
- * calls it through ctypes. The body is written once for a floating type `real` and instantiated for float
- * (graves_vjp_f32: own vectorisable exp/log, Numerical Recipes' erfc fit for the Mills ratio, as the float32
- * PyTorch path) and double (graves_vjp_f64: libm, exact Mills ratio).
+ * calls it through ctypes. The kernel is written once for a floating type `real` (this file includes itself) and
+ * instantiated for float (*_f32: own vectorisable exp and log, Numerical Recipes' erfc fit for the Mills ratio,
+ * as the float32 PyTorch path) and double (*_f64: libm, an exact Mills ratio).
  */
 #ifndef GRAVES_BODY
 #include <math.h>
@@ -49,6 +50,22 @@ static inline float exp_f32(float x) {
     return x != x ? x : y;
 }
 
+/* exp(x) for x in [-20, 1] only (the Mills ratio's polynomial argument): no range checks. */
+static inline float exp_small_f32(float x) {
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    float n = rintf(x * 1.44269504088896341f);
+    float r = (x - n * ln2_hi) - n * ln2_lo;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
+}
+
 /* log(x) for x > 0: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1),
  * |s| <= 0.172, by its series to s^9 (truncation < 1e-9). Subnormal x are rescaled first. */
 static inline float log_f32(float x) {
@@ -86,7 +103,7 @@ static inline float mills_f32(float t) {
     p = p * u + 0.37409196f;
     p = p * u + 1.00002368f;
     p = p * u - 1.26551223f;
-    return (float)SQRT_HALF_PI * u * exp_f32(p);
+    return (float)SQRT_HALF_PI * u * exp_small_f32(p); /* p in [-1.27, 0.01] for u in (0, 1] */
 }
 
 /* double: R(t) = sqrt(2 pi) exp(t^2 / 2) erfc(t / sqrt 2) / 2 while erfc does not underflow (relative error
@@ -176,7 +193,8 @@ static void FN(coefficients)(int64_t K, int64_t D, const real *zn, const real *l
         }
         for (int64_t d = D; d < Dp; ++d) { x[d] = 0; inv[d] = 1; sig[d] = 1; lp[d] = 0; }
     }
-    /* b_kd = log pi_k + sum_{j<=d} log phi_kj (unnormalised log r): K running sums, side by side */
+    /* b_kd = log pi_k + sum_{j<=d} log phi_kj (unnormalised log r): K running sums, side by side (a blocked
+     * vectorised scan measured no faster) */
     real *restrict C = w.C;
     for (int64_t k = 0; k < K; ++k) C[k] = ln[k];
     for (int64_t d = 0; d < Dp; ++d)
@@ -263,6 +281,34 @@ static void FN(parameter_grads)(int64_t K, int64_t D, real *scratch, real *gl, r
             gm[d] = vr + c * S[i];
             gs[d] = vr * x - c * (x * x - 1) * INV[i];
         }
+    }
+}
+
+/* The forward draw, in two steps. The index: k = #{j < K-1 : F_j <= u S}, the inverse CDF of softmax(logits) at
+ * u ~ U[0, 1) (F the running sum of exp(logit - max), S its total), as DiagGaussianMixture.index_from_uniform. */
+void FN(sample_index)(int64_t N, int64_t K, const real *logits, const real *u, int64_t *index) {
+    for (int64_t n = 0; n < N; ++n) {
+        const real *ln = logits + n * K;
+        real m = -INFINITY, total = 0, acc = 0;
+        for (int64_t k = 0; k < K; ++k) m = ln[k] > m ? ln[k] : m;
+        for (int64_t k = 0; k < K; ++k) total += EXP(ln[k] - m);
+        const real threshold = u[n] * total;
+        int64_t pick = 0;
+        for (int64_t k = 0; k < K - 1; ++k) {
+            acc += EXP(ln[k] - m);
+            pick += acc <= threshold;
+        }
+        index[n] = pick;
+    }
+}
+
+/* Then z = loc_k + scale_k eps for the drawn k. */
+void FN(compose)(int64_t N, int64_t K, int64_t D, const real *loc, const real *scale, const int64_t *index,
+                 const real *eps, real *z) {
+    for (int64_t n = 0; n < N; ++n) {
+        const real *mu = loc + (n * K + index[n]) * D, *sg = scale + (n * K + index[n]) * D, *e = eps + n * D;
+        real *zn = z + n * D;
+        for (int64_t d = 0; d < D; ++d) zn[d] = mu[d] + sg[d] * e[d];
     }
 }
 

@@ -194,6 +194,11 @@ def _use_native(backend: str, loc: torch.Tensor) -> bool:
     return False
 
 
+def use_native(t: torch.Tensor) -> bool:
+    """Whether the current backend runs tensors like ``t`` through the C kernel."""
+    return _use_native(_state["backend"], t)
+
+
 def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SIZE):
     """dL/d(logits, loc, scale) given dL/dz, on the current backend.
 
@@ -281,8 +286,11 @@ class GravesSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, loc, scale, index, eps, block_size):
-        rows = torch.arange(index.shape[0], device=index.device)
-        z = loc[rows, index] + scale[rows, index] * eps  # [N, D]
+        if _use_native(_state["backend"], loc):
+            z = native.compose(loc, scale, index, eps)
+        else:
+            rows = torch.arange(index.shape[0], device=index.device)
+            z = loc[rows, index] + scale[rows, index] * eps  # [N, D]
         ctx.save_for_backward(z, logits, loc, scale)
         ctx.block_size = block_size
         return z

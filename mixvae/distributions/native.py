@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("graves_native.c")
+SOURCE = Path(__file__).resolve().with_name("graves_native.c")  # absolute: the file includes itself
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
 _ARCH_FLAGS = ["-march=native"]
 #: Batches with fewer (sample x component x dimension) elements than this run on one thread.
@@ -101,6 +101,12 @@ def _load():
                     size = getattr(lib, f"graves_scratch_{suffix}")
                     size.argtypes = [ctypes.c_int64, ctypes.c_int64]
                     size.restype = ctypes.c_int64
+                    draw = getattr(lib, f"graves_sample_index_{suffix}")
+                    draw.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+                    draw.restype = None
+                    compose = getattr(lib, f"graves_compose_{suffix}")
+                    compose.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
+                    compose.restype = None
                 _state["lib"] = lib
             except (NativeUnavailable, OSError) as err:
                 _state["error"] = str(err)
@@ -125,6 +131,36 @@ def supports(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
+def _suffix(t: torch.Tensor) -> str:
+    if not supports(t):
+        raise NativeUnavailable(f"the C Graves kernel runs on CPU float32/float64, not {t.device} {t.dtype}")
+    return "f32" if t.dtype == torch.float32 else "f64"
+
+
+def sample_index(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Component indices ``[N]`` (int64) from logits ``[N, K]`` and uniforms ``u [N]``: the inverse CDF, as
+    ``DiagGaussianMixture.index_from_uniform``."""
+    fn = getattr(_load(), f"graves_sample_index_{_suffix(logits)}")
+    n, k = logits.shape
+    logits, u = logits.detach().contiguous(), u.to(logits.dtype).contiguous()
+    index = torch.empty(n, dtype=torch.int64)
+    fn(n, k, logits.data_ptr(), u.data_ptr(), index.data_ptr())
+    return index
+
+
+def compose(loc: torch.Tensor, scale: torch.Tensor, index: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = loc[n, index[n]] + scale[n, index[n]] * eps[n]: ``[N, D]`` from loc, scale ``[N, K, D]``."""
+    fn = getattr(_load(), f"graves_compose_{_suffix(loc)}")
+    n, k, d = loc.shape
+    if n and (int(index.min()) < 0 or int(index.max()) >= k):
+        raise IndexError(f"component index out of range [0, {k})")
+    loc, scale = loc.detach().contiguous(), scale.detach().to(loc.dtype).contiguous()
+    index, eps = index.to(torch.int64).contiguous(), eps.to(loc.dtype).contiguous()
+    z = torch.empty(n, d, dtype=loc.dtype)
+    fn(n, k, d, loc.data_ptr(), scale.data_ptr(), index.data_ptr(), eps.data_ptr(), z.data_ptr())
+    return z
+
+
 def graves_vjp(grad_z, z, logits, loc, scale):
     """dL/d(logits, loc, scale) from dL/dz: the same contract as ``graves_transform.graves_vjp`` (no blocks:
     the C sweep is sequential per sample and costs O(K) per dimension). CPU float32/float64 only."""
@@ -141,7 +177,7 @@ def graves_vjp(grad_z, z, logits, loc, scale):
     grad_scale = torch.empty(n, k, d, dtype=dtype)
     pointers = [t.data_ptr() for t in (*inputs, grad_logits, grad_loc, grad_scale)]
     threads = min(torch.get_num_threads(), n) if n * k * d >= PARALLEL_MIN_ELEMENTS else 1
-    scratch = torch.empty(threads, scratch_size, dtype=dtype)
+    scratch = _scratch(threads * scratch_size, dtype).view(threads, scratch_size)
     if threads == 1:
         fn(0, n, k, d, *pointers, scratch.data_ptr())
     else:
@@ -152,6 +188,19 @@ def graves_vjp(grad_z, z, logits, loc, scale):
         for job in jobs:
             job.result()
     return grad_logits, grad_loc, grad_scale
+
+
+_local = threading.local()
+
+
+def _scratch(size: int, dtype: torch.dtype) -> torch.Tensor:
+    """A work buffer kept between calls (per calling thread and dtype): allocating it afresh each call costs
+    more than the kernel at small sizes (new pages are faulted in and zeroed by the OS)."""
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buf = buffers.get(dtype)
+    if buf is None or buf.numel() < size:
+        buf = buffers[dtype] = torch.empty(size, dtype=dtype)
+    return buf[:size]
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
