@@ -38,18 +38,45 @@ except ImportError:  # pyro is a dev extra; the column is left empty without it
     MixtureOfDiagNormals = None
 
 
-def timeit(fn, device, budget_s=1.5, max_reps=25, min_reps=3):
-    """Median wall time (ms) of fn() after one warm-up call, stopping at max_reps or after ~budget_s."""
+def time_interleaved(methods, device, budget_s=3.0, min_reps=3, block=3):
+    """Median wall time (ms) of each method, the methods taking turns so that load from other processes falls
+    on all of them alike. ``methods``: name -> (fn, max_reps). A turn is one untimed call (caches and the
+    allocator warmed for this method, not the one before it) and then up to ``block`` timed calls; methods
+    with max_reps <= 5 (the slow ones) skip the untimed call. A method stops at its max_reps, and every method
+    once min_reps are done and ~budget_s have passed."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times, start = [], time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
-        t = time.perf_counter()
+    for fn, _ in methods.values():
         fn()
         sync()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    times = {name: [] for name in methods}
+    start = time.perf_counter()
+    while True:
+        late = time.perf_counter() - start > budget_s
+        active = [n for n, (_, cap) in methods.items()
+                  if len(times[n]) < cap and (len(times[n]) < min(min_reps, cap) or not late)]
+        if not active:
+            break
+        for name in active:
+            fn, cap = methods[name]
+            if cap > 5:
+                fn()
+                sync()
+            for _ in range(min(block, cap - len(times[name]))):
+                t = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def with_backend(name, fn):
+    def run():
+        gt.set_backend(name)
+        try:
+            fn()
+        finally:
+            gt.set_backend("auto")
+    return run
 
 
 def make_methods(b, k, d, device):
@@ -87,28 +114,26 @@ def run(device, grid, pyro_budget_ms):
     rows = []
     for b, k, d in grid:
         methods = make_methods(b, k, d, device)
-        row = {"B": b, "K": k, "D": d}
-        row["normal"] = timeit(methods["normal"], device)
-        gt.set_backend("auto")
-        row["graves"] = timeit(methods["graves"], device)
-        gt.set_backend("compile")
-        row["compiled"] = timeit(methods["graves"], device) if device == "cpu" else float("nan")
-        gt.set_backend("eager")
-        row["eager"] = timeit(methods["graves"], device)
-        gt.set_backend("auto")
-        row["enumerate"] = timeit(methods["enumerate"], device)
-        # Pyro's O(K^2 D) backward: one timed call when it is expected to be slow
-        est = row["eager"] * k / 2
-        row["pyro"] = (
-            timeit(methods["pyro"], device, max_reps=3 if est > pyro_budget_ms else 25, min_reps=1)
-            if MixtureOfDiagNormals is not None
-            else float("nan")
-        )
+        # the eager backward and Pyro's O(K^2 D) one are slow at the large sizes: a few calls there
+        eager_ms = 0.03 * b * k * d / 1000  # rough: ~30 ns per (sample, component, dimension)
+        slow = eager_ms * k / 2 > pyro_budget_ms
+        timed = {
+            "normal": (methods["normal"], 40),
+            "graves": (with_backend("auto", methods["graves"]), 40),
+            "eager": (with_backend("eager", methods["graves"]), 5 if eager_ms > 300 else 40),
+            "enumerate": (methods["enumerate"], 40),
+        }
+        if device == "cpu":
+            timed["compiled"] = (with_backend("compile", methods["graves"]), 40)
+        if MixtureOfDiagNormals is not None:
+            timed["pyro"] = (methods["pyro"], 2 if slow else 40)
+        row = {"B": b, "K": k, "D": d, "compiled": float("nan"), "pyro": float("nan")}
+        row.update(time_interleaved(timed, device))
         rows.append(row)
         print(
             f"{device} B={b:5d} K={k:3d} D={d:4d}  normal {row['normal']:8.3f}  graves {row['graves']:8.2f}  "
-            f"compiled {row['compiled']:8.2f}  "
-            f"eager {row['eager']:8.2f}  enumerate {row['enumerate']:7.2f}  pyro {row['pyro']:9.1f} ms",
+            f"compiled {row['compiled']:8.2f}  eager {row['eager']:8.2f}  enumerate {row['enumerate']:7.2f}  "
+            f"pyro {row['pyro']:9.1f} ms",
             flush=True,
         )
     return rows
@@ -174,7 +199,9 @@ def main(argv=None):
 
     lines = header("Mixture rsample: forward + backward time")
     lines += [
-        "Median wall time of one `rsample` + `backward` of sum(z * g), float32, in one process. "
+        "Median wall time of one `rsample` + `backward` of sum(z * g), float32, in one process; within a row the "
+        "methods take turns (an untimed call, then up to three timed ones; about 3 s per row) so that load from "
+        "other processes falls on all of them alike. "
         "`graves` uses the default backend (on CPU the C kernel, mixvae/distributions/graves_native.c, built "
         "with the system compiler and -march=native; on CUDA the compiled one); `graves compiled` is the same with "
         "the torch.compile'd coefficients and blocked back-substitution, `graves eager` in plain PyTorch (the "

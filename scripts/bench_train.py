@@ -4,12 +4,12 @@ Writes ``results/benchmarks/train_throughput.md``. For each configuration, batch
 sample per image (train.num_samples=1, objective elbo):
 
 - ``gaussian``:       the Gaussian VAE, K = 1 (Graves' estimator is then the plain reparameterization),
-- ``graves``:         K = 5, Graves' pathwise gradient (compiled backward coefficients when the compiler works),
+- ``graves``:         K = 5, Graves' pathwise gradient (default backend: the C kernel on CPU, compiled on CUDA),
 - ``enumerate``:      K = 5, exact enumeration over the components (K decoder passes),
 - ``score_function``: K = 5, REINFORCE for the component index, no baseline.
 
 Each configuration is a real ``Trainer`` built from configs/ and timed through ``Trainer.train_step`` (the step
-train.py runs), side by side in ONE process on ONE thread: after a warm-up (which also compiles the Graves
+train.py runs), side by side in ONE process on ONE thread: after a warm-up (which also builds the Graves
 backward), the configurations take turns, one timed step each per round, so that load from other processes
 falls on all of them alike. It reports the median step time, steps/s, seconds per MNIST epoch (median x 500
 steps for the 50,000 training images at batch 100, and one real epoch timed), the peak memory,

@@ -23,10 +23,13 @@ ever used as a ratio (log-space weights; the normal tails through the Mills rati
     chat_kd = c_kd / f_d = w_kd (Phi_kd - u_d) / f_d (Phi - u below the conditional median, (1-u) - (1-Phi) above)
 and the sweep is written for v'_d = v_d f_d, which is finite wherever the ratios are.
 
-Two implementations of the backward pass are kept:
-- :func:`graves_vjp` (blocked, vectorised; the one autograd uses), and
-- :func:`graves_vjp_reference` (one plain step per dimension, straight from the notes), which the tests compare
-  against and which documents the algorithm.
+Three implementations of the backward pass are kept:
+- the C kernel (``graves_native.c`` through :mod:`mixvae.distributions.native`; the default on CPU), the same
+  coefficients and one sweep step per dimension, per sample;
+- :func:`blocked_vjp` (blocked, vectorised PyTorch; compiled by torch.compile on CUDA), and
+- :func:`graves_vjp_reference` (one plain step per dimension, straight from the notes), which the tests hold the
+  other two against and which documents the algorithm.
+:func:`graves_vjp` dispatches between them (see the backends section below).
 """
 
 from __future__ import annotations

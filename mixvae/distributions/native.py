@@ -204,7 +204,9 @@ def _scratch(size: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    pool = _state["pool"]
-    if pool is None or pool._max_workers < threads:
+    """The worker threads, made again after a fork (a forked child inherits the pool but not its threads)."""
+    pool, pid = _state["pool"], os.getpid()
+    if pool is None or pool._max_workers < threads or _state.get("pool_pid") != pid:
         pool = _state["pool"] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mixvae-graves")
+        _state["pool_pid"] = pid
     return pool
