@@ -160,8 +160,8 @@ static FN(work) FN(layout)(real *scratch, int64_t K, int64_t Dp) {
     const int64_t KDp = K * Dp;
     FN(work) w;
     w.X = scratch; w.INV = w.X + KDp; w.SIG = w.INV + KDp; w.S = w.SIG + KDp; w.A = w.S + KDp;
-    w.W = w.A + KDp; w.R = w.W + KDp; w.WF = w.R + KDp; w.v = w.WF + KDp + 7 * Dp; w.C = w.v + Dp;
-    w.CH = w.A; /* chat reuses a's storage once a is consumed */
+    w.W = w.A + KDp; w.CH = w.W + KDp; w.WF = w.CH + KDp; w.v = w.WF + KDp + 7 * Dp; w.C = w.v + Dp;
+    w.R = w.A; /* r reuses a's storage once a is consumed (chat's slot holds exp(b - max b) until then) */
     return w;
 }
 
@@ -173,8 +173,8 @@ static void FN(coefficients)(int64_t K, int64_t D, const real *zn, const real *l
                              real *scratch) {
     const int64_t Dp = FN(padded)(D), KDp = K * Dp;
     FN(work) w = FN(layout)(scratch, K, Dp);
-    real *restrict X = w.X, *restrict INV = w.INV, *restrict SIG = w.SIG, *restrict LP = w.S, *restrict A = w.A;
-    real *restrict W = w.W, *restrict R = w.R, *restrict WF = w.WF;
+    real *restrict X = w.X, *restrict INV = w.INV, *restrict SIG = w.SIG, *restrict W = w.W, *restrict WF = w.WF;
+    real *LP = w.S, *A = w.A, *R = w.R; /* R and A share storage, as LP and S: no restrict on these */
     real *restrict m2 = WF + KDp, *restrict s2 = m2 + Dp, *restrict lse = s2 + Dp, *restrict inv_f = lse + Dp;
     real *restrict lsum = inv_f + Dp, *restrict tsum = lsum + Dp;
     /* x = (z - mu) / sigma and log phi (up to the constant -log sqrt(2 pi), which cancels in every ratio); the
@@ -193,26 +193,30 @@ static void FN(coefficients)(int64_t K, int64_t D, const real *zn, const real *l
         }
         for (int64_t d = D; d < Dp; ++d) { x[d] = 0; inv[d] = 1; sig[d] = 1; lp[d] = 0; }
     }
-    /* b_kd = log pi_k + sum_{j<=d} log phi_kj (unnormalised log r): K running sums, side by side (a blocked
-     * vectorised scan measured no faster) */
+    /* b_kd = log pi_k + sum_{j<=d} log phi_kj (unnormalised log r): K running sums side by side, and their
+     * maximum over k per d (a blocked vectorised scan measured no faster) */
     real *restrict C = w.C;
     for (int64_t k = 0; k < K; ++k) C[k] = ln[k];
-    for (int64_t d = 0; d < Dp; ++d)
+    for (int64_t d = 0; d < Dp; ++d) {
+        real m = -INFINITY;
         for (int64_t k = 0; k < K; ++k) {
             C[k] += LP[k * Dp + d];
             A[k * Dp + d] = C[k];
+            m = C[k] > m ? C[k] : m;
         }
-    /* r = softmax_k(b); w_k0 = softmax(logits), w_kd = r_k,d-1; w / f with 1 / f_d = exp(lse_a(d) - lse_b(d)) */
-    for (int64_t d = 0; d < Dp; ++d) { m2[d] = -INFINITY; s2[d] = 0; lsum[d] = 0; tsum[d] = 0; }
-    for (int64_t k = 0; k < K; ++k)
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < Dp; ++d) m2[d] = A[k * Dp + d] > m2[d] ? A[k * Dp + d] : m2[d];
+        m2[d] = m;
+        s2[d] = 0;
+        lsum[d] = 0;
+        tsum[d] = 0;
+    }
+    /* unnormalised r: exp(b - max_k b), into the storage chat takes later, and its sum over k */
+    real *E = w.CH;
     for (int64_t k = 0; k < K; ++k)
         #pragma GCC ivdep
         for (int64_t d = 0; d < Dp; ++d) {
             const int64_t i = k * Dp + d;
             real e = EXP(A[i] - m2[d]);
-            R[i] = e;
+            E[i] = e;
             s2[d] += e;
         }
     real m0 = -INFINITY, s0 = 0;
@@ -227,24 +231,23 @@ static void FN(coefficients)(int64_t K, int64_t D, const real *zn, const real *l
         inv_f[d] = EXP(lse_prev - lse[d] + (real)HALF_LOG_2PI);
         lse_prev = lse[d];
     }
+    /* r = E / sum (into a's storage: a is consumed), w_kd = r_k,d-1 (w_k0 = softmax(logits)), w / f and the
+     * side test, in one pass */
     for (int64_t k = 0; k < K; ++k) {
-        real *restrict rk = R + k * Dp, *restrict wk = W + k * Dp;
-        wk[0] = EXP(ln[k] - m0) / s0;
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < Dp; ++d) rk[d] *= s2[d];
-        #pragma GCC ivdep
-        for (int64_t d = 1; d < Dp; ++d) wk[d] = rk[d - 1];
-    }
-    for (int64_t k = 0; k < K; ++k)
+        const real w0 = EXP(ln[k] - m0) / s0;
+        const real *restrict e = E + k * Dp, *restrict x = X + k * Dp;
+        real *restrict r = R + k * Dp, *restrict wk = W + k * Dp, *restrict wf = WF + k * Dp;
         #pragma GCC ivdep
         for (int64_t d = 0; d < Dp; ++d) {
-            const int64_t i = k * Dp + d;
-            real wn = W[i], x = X[i];
-            WF[i] = wn > 0 ? wn * inv_f[d] : 0; /* 0 * inf (f underflowed, w negligible) is 0 */
-            lsum[d] += wn * (x / (1 + (x < 0 ? -x : x))); /* crude side test: u_d < 1/2 roughly */
+            const real wn = d > 0 ? e[d - (d > 0)] * s2[d - (d > 0)] : w0;
+            r[d] = e[d] * s2[d];
+            wk[d] = wn;
+            wf[d] = wn > 0 ? wn * inv_f[d] : 0; /* 0 * inf (f underflowed, w negligible) is 0 */
+            lsum[d] += wn * (x[d] / (1 + (x[d] < 0 ? -x[d] : x[d]))); /* crude side test: u_d < 1/2 roughly */
         }
+    }
     /* the tail form whose terms are small (see _tail_coefficients): w T / f = r sigma R(|x|) */
-    real *restrict S = w.S, *restrict CH = w.CH;
+    real *S = w.S, *CH = w.CH;
     for (int64_t k = 0; k < K; ++k)
         #pragma GCC ivdep
         for (int64_t d = 0; d < Dp; ++d) {
