@@ -26,13 +26,9 @@
 static inline float bits_to_float(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t float_to_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
 
-/* exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln2 / 2; exp(r) by its Taylor series to r^7 / 7!
- * (truncation < 6e-9 relative, below float's half ulp). Exact 0 below -87.3, inf above 88.7, NaN kept. */
-static inline float exp_f32(float x) {
-    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    float n = rintf(xc * 1.44269504088896341f);
-    float r = (xc - n * ln2_hi) - n * ln2_lo;
+/* exp(r) for |r| <= ln2 / 2 by its Taylor series to r^7 / 7! (truncation < 6e-9 relative, below float's half
+ * ulp). */
+static inline float exp_taylor_f32(float r) {
     float p = 1.0f / 5040;
     p = p * r + 1.0f / 720;
     p = p * r + 1.0f / 120;
@@ -40,7 +36,16 @@ static inline float exp_f32(float x) {
     p = p * r + 1.0f / 6;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    return p * r + 1.0f;
+}
+
+/* exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln2 / 2. Exact 0 below -87.3, inf above 88.7, NaN kept. */
+static inline float exp_f32(float x) {
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    float n = rintf(xc * 1.44269504088896341f);
+    float r = (xc - n * ln2_hi) - n * ln2_lo;
+    float p = exp_taylor_f32(r);
     int big = n > 127.0f; /* 2^128 overflows: use 2 * 2^127 */
     p = big ? 2.0f * p : p;
     n = big ? 127.0f : n;
@@ -55,14 +60,7 @@ static inline float exp_small_f32(float x) {
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     float n = rintf(x * 1.44269504088896341f);
     float r = (x - n * ln2_hi) - n * ln2_lo;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float p = exp_taylor_f32(r);
     return p * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
 }
 
