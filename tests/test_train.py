@@ -208,6 +208,19 @@ def test_config_errors_are_one_line(config, tmp_path):
         Trainer(config("estimator=vimco", "train.objective=iwae", "train.num_samples=1"), tmp_path)
     with pytest.raises(ConfigError, match="activation"):
         Trainer(config("model.activation=nope"), tmp_path)
+    with pytest.raises(ConfigError, match=r"^graves_backend must be one of auto, native, compile, eager"):
+        Trainer(config("graves_backend=triton"), tmp_path)
+
+
+def test_graves_backend_key_selects_the_backend(config, tmp_path):
+    from mixvae.distributions import graves_transform as gt
+
+    before = gt.get_backend()
+    try:
+        summary = train(config("graves_backend=eager"), tmp_path)
+        assert gt.get_backend() == "eager" and math.isfinite(summary["metrics"]["test/elbo"])
+    finally:
+        gt.set_backend(before)
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ BAD_INPUTS = [
     (["train.num_samples=0"], "train.num_samples must be an integer >= 1"),
     (["estimator=vimco", "train.objective=iwae", "train.num_samples=1"], "vimco' needs num_samples >= 2"),
     (["dataset.root=no_such_dir"], "mnist: missing"),
+    (["graves_backend=triton"], "graves_backend must be one of auto, native, compile, eager"),
 ]
 
 

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mixvae.data import load_dataset
+from mixvae.distributions import graves_transform
 from mixvae.training import checkpoint as ckpt
 from mixvae.training.errors import ConfigError, NonFiniteError
 from mixvae.training.evaluate import evaluate
@@ -83,6 +84,10 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be an integer >= 1{hint}, got {value!r}; e.g. {key}=1")
     if cfg.resume not in ("auto", True, False):
         raise ConfigError(f"resume must be auto, true or false, got {cfg.resume!r}")
+    backend = cfg.get("graves_backend")
+    if backend is not None and backend not in graves_transform.BACKENDS:
+        raise ConfigError(f"graves_backend must be one of {', '.join(graves_transform.BACKENDS)} (or null), "
+                          f"got {backend!r}")
 
 
 def _instantiate(node: DictConfig, key: str, **kwargs):
@@ -134,6 +139,8 @@ class Trainer:
         set_deterministic(bool(cfg.deterministic))
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
+        if cfg.get("graves_backend"):
+            graves_transform.set_backend(cfg.graves_backend)
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
 

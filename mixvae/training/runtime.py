@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixvae.distributions import graves_transform
+
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; anything else is passed to torch.device."""
@@ -80,6 +82,7 @@ def hardware(device: torch.device) -> dict:
         "processor": platform.processor() or None,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "graves_backend": graves_transform.get_backend(),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
