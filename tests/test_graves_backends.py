@@ -169,3 +169,12 @@ def test_index_sampler_native_matches_pytorch(backend, dtype):
     probs = logits.softmax(-1)
     se = (probs * (1 - probs) / u.shape[0]).sqrt().clamp_min(1e-12)
     assert ((freq - probs).abs() / se).max() < 5
+
+
+def test_native_build_falls_back_to_the_temp_dir_when_the_cache_is_unusable(tmp_path, monkeypatch):
+    """A cache folder that cannot be made (here: below a file; on clusters: a read-only home) -> the temp dir."""
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("MIXVAE_CACHE_DIR", str(tmp_path / "a_file" / "cache"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    built = native._build()
+    assert built.exists() and built.parent.parent == tmp_path / "tmp"

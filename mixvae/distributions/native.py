@@ -3,7 +3,8 @@
 The C file is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into
 a cache directory (``$MIXVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mixvae`` or ``~/.cache/mixvae``), keyed by the
 source, the compiler, the flags and the CPU (the build uses ``-march=native``), so a shared home directory on
-machines with different CPUs keeps one build each. No PyTorch headers are involved: the build takes about a
+machines with different CPUs keeps one build each; when that folder cannot be written, the temp directory
+serves. No PyTorch headers are involved: the build takes about a
 second. Without a compiler :func:`available` is False and says why; the PyTorch backends then run instead.
 
 ctypes releases the GIL during the call, so large batches are split over ``torch.get_num_threads()`` threads.
@@ -67,10 +68,20 @@ def _build() -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(_FLAGS + _ARCH_FLAGS).encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
-    target = cache_dir() / f"graves_native-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    name = f"graves_native-{key}.so"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"mixvae-{os.getuid() if hasattr(os, 'getuid') else 0}"):
+        if (folder / name).exists():
+            return folder / name
+        try:  # a read-only cache (e.g. a home directory mounted read-only on a cluster): the temp directory
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                break
+        except OSError:
+            continue
+    else:
+        raise NativeUnavailable(f"no writable folder for the C Graves kernel (tried {cache_dir()} and the temp "
+                                "directory); set $MIXVAE_CACHE_DIR")
+    target = folder / name
     errors = []
     for arch in (_ARCH_FLAGS, []):  # -march=native is not known to every compiler/architecture
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
