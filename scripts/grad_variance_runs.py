@@ -38,7 +38,7 @@ from make_results import estimator_name, row_label  # noqa: E402
 from mixvae.data import load_dataset  # noqa: E402
 from mixvae.diagnostics import gradient_variance  # noqa: E402
 from mixvae.training import checkpoint as ckpt  # noqa: E402
-from mixvae.training.runtime import git_revision, hardware  # noqa: E402
+from mixvae.training.runtime import git_revision, hardware, portable_path  # noqa: E402
 
 CONFIGS = REPO / "configs"
 ROWS = CONFIGS / "experiment" / "rows"
@@ -147,7 +147,7 @@ def process(run_dir: Path, args, rows) -> dict:
     own_est = build_estimator(cfg.estimator, data.x_dim)
     own_est.load_state_dict(saved["estimator"])
     result = {
-        "run_dir": str(run_dir), "checkpoint": ckpt.CHECKPOINT, "epoch": saved["state"]["epoch"],
+        "run_dir": portable_path(run_dir), "checkpoint": ckpt.CHECKPOINT, "epoch": saved["state"]["epoch"],
         "batch": {"split": "test", "size": int(x.shape[0]), "seed": args.seed},
         "repetitions": args.repetitions, "threads": torch.get_num_threads(),
         "git": git_revision(), "hardware": hardware(device),

@@ -258,3 +258,13 @@ def test_wandb_failure_warns_and_training_continues(config, tmp_path, wandb_env,
         summary = train(config("logger=wandb"), tmp_path)
     assert summary["status"] == "completed"
     assert any("no W&B today" in str(w.message) for w in caught)
+
+
+def test_summary_names_no_machine_folders(config, tmp_path, monkeypatch, data_root):
+    """Run files are committed to results/: the run dir is relative to where train.py ran and the data mirror is
+    named by $MIXVAE_DATA_DIR."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MIXVAE_DATA_DIR", str(data_root))
+    summary = train(config(), tmp_path / "run")  # an absolute run dir below the working directory
+    assert summary["run_dir"] == "run"
+    assert str(data_root) not in summary["data"]["source"] and "$MIXVAE_DATA_DIR" in summary["data"]["source"]

@@ -43,6 +43,7 @@ from mixvae.training.metrics import SUMMARY, MetricsFile, read_summary, to_float
 from mixvae.training.runtime import (
     git_revision,
     hardware,
+    portable_path,
     resolve_device,
     rng_state,
     seed_everything,
@@ -409,8 +410,8 @@ class Trainer:
             "epochs": s["epoch"], "steps": s["step"], "best_epoch": s["best_epoch"],
             "stopped_early": s["stopped_early"],
             "wall_time_s": time.perf_counter() - self.t_start,  # this invocation, start-up included
-            "run_dir": str(self.run_dir),
-            "data": {"name": self.data.name, "source": self.data.source, **self.data.sizes()},
+            "run_dir": portable_path(self.run_dir),
+            "data": {"name": self.data.name, "source": portable_path(self.data.source), **self.data.sizes()},
             "num_params": {"model": sum(p.numel() for p in self.model.parameters()),
                            "estimator": sum(p.numel() for p in self.estimator.parameters())},
             "git": git_revision(),

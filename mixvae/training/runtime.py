@@ -58,6 +58,22 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["data"])
 
 
+def portable_path(text: str | os.PathLike) -> str:
+    """``text`` with this machine's folders taken out, for the files a run commits: paths below the working
+    directory become relative, the data mirror ``$MIXVAE_DATA_DIR`` is named by its variable and the home
+    directory (where caches live) is ``~``."""
+    text, cwd = str(text), os.getcwd().rstrip(os.sep)
+    replacements = [(cwd + os.sep, "")] if cwd else []  # not from the file system's root
+    if os.environ.get("MIXVAE_DATA_DIR"):
+        replacements.append((os.path.abspath(os.environ["MIXVAE_DATA_DIR"]), "$MIXVAE_DATA_DIR"))
+    home = os.path.expanduser("~").rstrip(os.sep)
+    if home:
+        replacements.append((home + os.sep, "~" + os.sep))
+    for prefix, name in replacements:
+        text = text.replace(prefix, name)
+    return text
+
+
 def git_revision() -> dict:
     """The commit of the code that ran and whether tracked files differed from it (None outside git)."""
     here = Path(__file__).resolve().parent
