@@ -140,10 +140,10 @@ static inline double log_f64(double x) { return log(x); }
 #else /* GRAVES_BODY: the kernel for one type */
 
 /* Per-sample scratch: eight [K, Dp] arrays (rows padded to a multiple of 8 so that inner loops run whole
- * vectors), eight [Dp] arrays and C [K]. Samples are processed in groups of G (as many as fit in ~256 KiB) so that
+ * vectors), seven [Dp] arrays and C [K]. Samples are processed in groups of G (as many as fit in ~256 KiB) so that
  * the sequential sweeps of the G samples interleave: each alone is one long dependency chain. */
 static int64_t FN(padded)(int64_t D) { return (D + 7) / 8 * 8; }
-static int64_t FN(sample_size)(int64_t K, int64_t D) { int64_t Dp = FN(padded)(D); return 8 * K * Dp + 8 * Dp + K; }
+static int64_t FN(sample_size)(int64_t K, int64_t D) { int64_t Dp = FN(padded)(D); return 8 * K * Dp + 7 * Dp + K; }
 int64_t FN(group)(int64_t K, int64_t D) {
     int64_t g = (int64_t)(262144 / sizeof(real)) / FN(sample_size)(K, D);
     return g < 1 ? 1 : (g > 8 ? 8 : g);
@@ -158,7 +158,9 @@ static FN(work) FN(layout)(real *scratch, int64_t K, int64_t Dp) {
     const int64_t KDp = K * Dp;
     FN(work) w;
     w.X = scratch; w.INV = w.X + KDp; w.SIG = w.INV + KDp; w.S = w.SIG + KDp; w.A = w.S + KDp;
-    w.W = w.A + KDp; w.CH = w.W + KDp; w.WF = w.CH + KDp; w.v = w.WF + KDp + 7 * Dp; w.C = w.v + Dp;
+    w.W = w.A + KDp; w.CH = w.W + KDp; w.WF = w.CH + KDp;
+    w.v = w.WF + KDp + 6 * Dp; /* after the six per-d arrays of FN(coefficients) */
+    w.C = w.v + Dp;
     w.R = w.A; /* r reuses a's storage once a is consumed (chat's slot holds exp(b - max b) until then) */
     return w;
 }

@@ -221,14 +221,14 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
     if _use_native(backend, loc):
         return native.graves_vjp(grad_z, z, logits, loc, scale)
     args = (grad_z, z, logits, loc, scale, block_size)
-    if backend == "eager" or (backend in ("auto", "native") and _state["failed"]):
+    if backend == "eager" or (backend == "auto" and _state["failed"]):
         return blocked_vjp(*args)
     try:
         if z.shape[-1] <= 2 * block_size and loc.numel() <= _WHOLE_GRAPH_MAX_ELEMENTS:
             return _compiled(blocked_vjp)(*args)
         return blocked_vjp(*args, coefficients=_compiled_coefficients, grads=_compiled(_parameter_grads))
     except Exception as err:  # a compiler missing or failing must not stop training
-        if backend == "compile":
+        if backend != "auto":
             raise
         _state["failed"] = True
         first_line = str(err).splitlines()[0] if str(err) else ""

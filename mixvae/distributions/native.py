@@ -175,13 +175,11 @@ def compose(loc: torch.Tensor, scale: torch.Tensor, index: torch.Tensor, eps: to
 def graves_vjp(grad_z, z, logits, loc, scale):
     """dL/d(logits, loc, scale) from dL/dz: the same contract as ``graves_transform.graves_vjp`` (no blocks:
     the C sweep is sequential per sample and costs O(K) per dimension). CPU float32/float64 only."""
-    lib = _load()
+    lib, suffix = _load(), _suffix(loc)
     n, k, d = loc.shape
     dtype = loc.dtype
-    if not supports(loc):
-        raise NativeUnavailable(f"the C Graves kernel runs on CPU float32/float64, not {loc.device} {dtype}")
-    fn = lib.graves_vjp_f32 if dtype == torch.float32 else lib.graves_vjp_f64
-    scratch_size = (lib.graves_scratch_f32 if dtype == torch.float32 else lib.graves_scratch_f64)(k, d)
+    fn = getattr(lib, f"graves_vjp_{suffix}")
+    scratch_size = getattr(lib, f"graves_scratch_{suffix}")(k, d)
     inputs = [t.detach().to(dtype).contiguous() for t in (grad_z, z, logits, loc, scale)]
     grad_logits = torch.empty(n, k, dtype=dtype)
     grad_loc = torch.empty(n, k, d, dtype=dtype)
