@@ -1,11 +1,12 @@
 /* Graves' backward pass for diagonal Gaussian mixtures in plain C (CPU), and the forward draw.
  *
  * The same algorithm and numerics as graves_transform.py (read its module docstring first): per sample, the
- * coefficients r, chat, s, x over [K, D], then one backward sweep over d carrying C_k, then the parameter
- * gradients. A sample's work stays in a scratch block that fits in cache (rows padded to a multiple of 8); every
- * loop over (k, d) runs with d innermost over contiguous memory so that the compiler vectorises it without
- * reassociating anything (the reductions over k accumulate into per-d arrays). Only the sweep is sequential in d,
- * O(K) per step; the sweeps of a group of samples are interleaved so that their dependency chains overlap.
+ * coefficients r, chat, s, x over [K, D], then one backward sweep over d carrying C_k, which also gives the
+ * parameter gradients. The lanes of the vectors are samples: V samples (one 64-byte vector of `real`) are worked
+ * on together, their inputs transposed into a lane layout [K, D, V] a V x V tile at a time (AVX-512 shuffles where
+ * the compiler targets it, a plain loop otherwise), so that every loop over (k, d) is whole-vector arithmetic: the
+ * reductions over k and the running sums over d are element-wise, no scalar remainders whatever K and D are, and
+ * the sequential sweep runs V samples per instruction.
  *
  * Loaded by mixvae/distributions/native.py, which compiles this file with the system C compiler on first use and
  * calls it through ctypes. The kernel is written once for a floating type `real` (this file includes itself) and
@@ -116,6 +117,74 @@ static inline double mills_f64(double t) {
 static inline double exp_f64(double x) { return exp(x); }
 static inline double log_f64(double x) { return log(x); }
 
+/* ---- V x V transposes between per-sample rows and the lane layout (the kernel's lanes are samples) --------- */
+
+/* dst[c * V + j] = rows[j][off + c] for c < m (a tile of V rows and m <= V columns), and back. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline void transpose16_f32(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int c = 0; c < 4; ++c) {
+        t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    }
+    for (int c = 0; c < 4; ++c) {
+        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
+        r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
+    }
+}
+static inline void graves_tile_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst) {
+    const __mmask16 mask = (__mmask16)((1u << m) - 1);
+    __m512 r[16];
+    for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_ps(mask, rows[j] + off);
+    transpose16_f32(r);
+    for (int c = 0; c < m; ++c) _mm512_store_ps(dst + 16 * c, r[c]);
+}
+static inline void graves_tile_out_f32(const float *restrict src, int64_t m, int64_t lanes, float *const *rows,
+                                int64_t off) {
+    const __mmask16 mask = (__mmask16)((1u << m) - 1);
+    __m512 r[16];
+    for (int c = 0; c < 16; ++c) r[c] = c < m ? _mm512_load_ps(src + 16 * c) : _mm512_setzero_ps();
+    transpose16_f32(r);
+    for (int j = 0; j < lanes; ++j) _mm512_mask_storeu_ps(rows[j] + off, mask, r[j]);
+}
+#else
+static inline void graves_tile_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst) {
+    for (int64_t j = 0; j < 16; ++j)
+        for (int64_t c = 0; c < m; ++c) dst[c * 16 + j] = rows[j][off + c];
+}
+static inline void graves_tile_out_f32(const float *restrict src, int64_t m, int64_t lanes, float *const *rows,
+                                int64_t off) {
+    for (int64_t j = 0; j < lanes; ++j)
+        for (int64_t c = 0; c < m; ++c) rows[j][off + c] = src[c * 16 + j];
+}
+#endif
+static inline void graves_tile_in_f64(const double *const *rows, int64_t off, int64_t m, double *restrict dst) {
+    for (int64_t j = 0; j < 8; ++j)
+        for (int64_t c = 0; c < m; ++c) dst[c * 8 + j] = rows[j][off + c];
+}
+static inline void graves_tile_out_f64(const double *restrict src, int64_t m, int64_t lanes, double *const *rows,
+                                int64_t off) {
+    for (int64_t j = 0; j < lanes; ++j)
+        for (int64_t c = 0; c < m; ++c) rows[j][off + c] = src[c * 8 + j];
+}
+
 /* ---- the kernel, once per type (this file includes itself with `real` defined) ---------------------------- */
 
 #define GRAVES_BODY
@@ -139,150 +208,138 @@ static inline double log_f64(double x) { return log(x); }
 
 #else /* GRAVES_BODY: the kernel for one type */
 
-/* Per-sample scratch: eight [K, Dp] arrays (rows padded to a multiple of 8 so that inner loops run whole
- * vectors), seven [Dp] arrays and C [K]. Samples are processed in groups of G (as many as fit in ~256 KiB) so that
- * the sequential sweeps of the G samples interleave: each alone is one long dependency chain. */
-static int64_t FN(padded)(int64_t D) { return (D + 7) / 8 * 8; }
-static int64_t FN(sample_size)(int64_t K, int64_t D) { int64_t Dp = FN(padded)(D); return 8 * K * Dp + 7 * Dp + K; }
-int64_t FN(group)(int64_t K, int64_t D) {
-    int64_t g = (int64_t)(262144 / sizeof(real)) / FN(sample_size)(K, D);
-    return g < 1 ? 1 : (g > 8 ? 8 : g);
-}
-int64_t FN(scratch)(int64_t K, int64_t D) { return FN(group)(K, D) * FN(sample_size)(K, D); }
+/* Lanes are samples: a group of V samples (one 64-byte vector of `real`) is worked on together, each (k, d) entry
+ * of the group stored as V consecutive values, one per sample. Every loop below has the lane loop innermost with
+ * a fixed trip count, so the compiler turns it into whole-vector operations: the reductions over k and the running
+ * sums over d become element-wise (no horizontal sums, no scalar remainders whatever K and D are), and the sweep
+ * is vectorised across samples. The group's inputs are transposed in (and its gradients out) once. */
+#define V ((int64_t)(64 / sizeof(real)))
+#define LANES _Pragma("GCC unroll 1") _Pragma("GCC ivdep") for (int64_t j = 0; j < V; ++j)
+
+/* Scratch, in units of `real`: seven [K, D, V] arrays, two [D, V], eight [K, V]. */
+int64_t FN(scratch)(int64_t K, int64_t D) { return (7 * K * D + 2 * D + 8 * K) * V; }
 
 typedef struct {
-    real *X, *INV, *SIG, *S, *A, *W, *R, *WF, *CH, *v, *C;
+    real *MU, *SG, *X, *INV, *S, *R, *CH, *Z, *GZ, *L, *B, *RP, *E, *W, *WF, *CT, *C;
 } FN(work);
 
-static FN(work) FN(layout)(real *scratch, int64_t K, int64_t Dp) {
-    const int64_t KDp = K * Dp;
+static FN(work) FN(layout)(real *scratch, int64_t K, int64_t D) {
+    const int64_t KDV = K * D * V, KV = K * V;
     FN(work) w;
-    w.X = scratch; w.INV = w.X + KDp; w.SIG = w.INV + KDp; w.S = w.SIG + KDp; w.A = w.S + KDp;
-    w.W = w.A + KDp; w.CH = w.W + KDp; w.WF = w.CH + KDp;
-    w.v = w.WF + KDp + 6 * Dp; /* after the six per-d arrays of FN(coefficients) */
-    w.C = w.v + Dp;
-    w.R = w.A; /* r reuses a's storage once a is consumed (chat's slot holds exp(b - max b) until then) */
+    w.MU = scratch; w.SG = w.MU + KDV; w.X = w.SG + KDV; w.INV = w.X + KDV; w.S = w.INV + KDV; w.R = w.S + KDV;
+    w.CH = w.R + KDV; w.Z = w.CH + KDV; w.GZ = w.Z + D * V; w.L = w.GZ + D * V; w.B = w.L + KV; w.RP = w.B + KV;
+    w.E = w.RP + KV; w.W = w.E + KV; w.WF = w.W + KV; w.CT = w.WF + KV; w.C = w.CT + KV;
     return w;
 }
 
-/* r, chat, s = -x / sigma, x, sigma and 1 / sigma of one sample, into its scratch (rows of length Dp).
- * Two identities save work: r_kd = w_k,d+1 (the weights given z_<=d), so w is r shifted by one dimension, and
- * logsumexp_k a_k,d+1 = logsumexp_k (a_kd + log phi_kd) = log f_d + logsumexp_k a_kd, so 1 / f_d needs one exp per
- * d. Per (k, d) that leaves one log (sigma), one exp (r) and the Mills ratio's exp. */
-static void FN(coefficients)(int64_t K, int64_t D, const real *zn, const real *ln, const real *mu, const real *sg,
-                             real *scratch) {
-    const int64_t Dp = FN(padded)(D), KDp = K * Dp;
-    FN(work) w = FN(layout)(scratch, K, Dp);
-    real *restrict X = w.X, *restrict INV = w.INV, *restrict SIG = w.SIG, *restrict W = w.W, *restrict WF = w.WF;
-    real *LP = w.S, *A = w.A, *R = w.R; /* R and A share storage, as LP and S: no restrict on these */
-    real *restrict m2 = WF + KDp, *restrict s2 = m2 + Dp, *restrict lse = s2 + Dp, *restrict inv_f = lse + Dp;
-    real *restrict lsum = inv_f + Dp, *restrict tsum = lsum + Dp;
-    /* x = (z - mu) / sigma and log phi (up to the constant -log sqrt(2 pi), which cancels in every ratio); the
-     * padding (d >= D) gets x = 0, sigma = 1, so every padded quantity stays finite and is never read back */
-    for (int64_t k = 0; k < K; ++k) {
-        real *restrict x = X + k * Dp, *restrict inv = INV + k * Dp, *restrict sig = SIG + k * Dp;
-        real *restrict lp = LP + k * Dp;
-        const real *mk = mu + k * D, *sk = sg + k * D;
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < D; ++d) {
-            real i = (real)1 / sk[d], xd = (zn[d] - mk[d]) * i;
-            x[d] = xd;
-            inv[d] = i;
-            sig[d] = sk[d];
-            lp[d] = (real)-0.5 * xd * xd - LOG(sk[d]);
+/* The coefficients r, chat, s = -x / sigma, x and 1 / sigma of a group, one dimension at a time (everything at d
+ * needs only d and the running state from d - 1). Two identities save work: r_kd = w_k,d+1 (the weights given
+ * z_<=d), so w is r one dimension back, and logsumexp_k a_k,d+1 = log f_d + logsumexp_k a_kd, so 1 / f_d needs
+ * one exp per d. Per (k, d) that leaves one log (sigma), one exp (r) and the Mills ratio's exp. */
+static void FN(coefficients)(int64_t K, int64_t D, FN(work) w) {
+    real *restrict B = w.B, *restrict RP = w.RP, *restrict E = w.E, *restrict W = w.W, *restrict WF = w.WF;
+    real *restrict CT = w.CT, *restrict X = w.X, *restrict INV = w.INV, *restrict S = w.S, *restrict R = w.R;
+    real *restrict CH = w.CH;
+    const real *restrict MU = w.MU, *restrict SG = w.SG, *restrict L = w.L;
+    real m0[V], s0[V], lse_prev[V], mx[V], sum[V], is[V], invf[V], lsum[V], tsum[V];
+    LANES { m0[j] = -INFINITY; s0[j] = 0; }
+    for (int64_t k = 0; k < K; ++k)
+        LANES m0[j] = L[k * V + j] > m0[j] ? L[k * V + j] : m0[j];
+    for (int64_t k = 0; k < K; ++k)
+        LANES s0[j] += EXP(L[k * V + j] - m0[j]);
+    LANES lse_prev[j] = m0[j] + LOG(s0[j]); /* logsumexp_k a_k0 */
+    for (int64_t k = 0; k < K; ++k)
+        LANES {
+            B[k * V + j] = L[k * V + j];
+            RP[k * V + j] = EXP(L[k * V + j] - m0[j]) / s0[j]; /* w_k0 = softmax(logits) */
         }
-        for (int64_t d = D; d < Dp; ++d) { x[d] = 0; inv[d] = 1; sig[d] = 1; lp[d] = 0; }
-    }
-    /* b_kd = log pi_k + sum_{j<=d} log phi_kj (unnormalised log r): K running sums side by side, and their
-     * maximum over k per d (a blocked vectorised scan measured no faster) */
-    real *restrict C = w.C;
-    for (int64_t k = 0; k < K; ++k) C[k] = ln[k];
-    for (int64_t d = 0; d < Dp; ++d) {
-        real m = -INFINITY;
+    for (int64_t d = 0; d < D; ++d) {
+        const real *restrict zd = w.Z + d * V;
+        /* x = (z - mu) / sigma; b_kd = log pi_k + sum_{j<=d} log phi_kj (up to the constant -log sqrt(2 pi),
+         * which cancels in every ratio), the unnormalised log r, and its maximum over k */
+        LANES mx[j] = -INFINITY;
         for (int64_t k = 0; k < K; ++k) {
-            C[k] += LP[k * Dp + d];
-            A[k * Dp + d] = C[k];
-            m = C[k] > m ? C[k] : m;
+            const int64_t i = (k * D + d) * V;
+            LANES {
+                real iv = (real)1 / SG[i + j], x = (zd[j] - MU[i + j]) * iv;
+                X[i + j] = x;
+                INV[i + j] = iv;
+                real b = B[k * V + j] + ((real)-0.5 * x * x - LOG(SG[i + j]));
+                B[k * V + j] = b;
+                mx[j] = b > mx[j] ? b : mx[j];
+            }
         }
-        m2[d] = m;
-        s2[d] = 0;
-        lsum[d] = 0;
-        tsum[d] = 0;
+        LANES sum[j] = 0;
+        for (int64_t k = 0; k < K; ++k)
+            LANES {
+                real e = EXP(B[k * V + j] - mx[j]);
+                E[k * V + j] = e;
+                sum[j] += e;
+            }
+        LANES {
+            real lse = mx[j] + LOG(sum[j]); /* logsumexp_k b_kd = logsumexp_k a_k,d+1 */
+            is[j] = (real)1 / sum[j];
+            invf[j] = EXP(lse_prev[j] - lse + (real)HALF_LOG_2PI);
+            lse_prev[j] = lse;
+            lsum[j] = 0;
+            tsum[j] = 0;
+        }
+        /* r = E / sum, w_kd = r_k,d-1, w / f, and the side test */
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t i = (k * D + d) * V;
+            LANES {
+                real r = E[k * V + j] * is[j], wn = RP[k * V + j], x = X[i + j];
+                RP[k * V + j] = r;
+                R[i + j] = r;
+                W[k * V + j] = wn;
+                WF[k * V + j] = wn > 0 ? wn * invf[j] : 0; /* 0 * inf (f underflowed, w negligible) is 0 */
+                lsum[j] += wn * (x / (1 + (x < 0 ? -x : x))); /* crude side test: u_d < 1/2 roughly */
+            }
+        }
+        /* the tail form whose terms are small (see _tail_coefficients): w T / f = r sigma R(|x|) */
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t i = (k * D + d) * V;
+            LANES {
+                real x = X[i + j], t = x < 0 ? -x : x;
+                real small = R[i + j] * SG[i + j] * MILLS(t);
+                real tail = ((lsum[j] < 0) == (x < 0)) ? small : WF[k * V + j] - small;
+                CT[k * V + j] = tail;
+                tsum[j] += tail;
+                S[i + j] = -x * INV[i + j];
+            }
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t i = (k * D + d) * V;
+            LANES {
+                real wt = W[k * V + j] * tsum[j];
+                CH[i + j] = lsum[j] < 0 ? CT[k * V + j] - wt : wt - CT[k * V + j];
+            }
+        }
     }
-    /* unnormalised r: exp(b - max_k b), into the storage chat takes later, and its sum over k */
-    real *E = w.CH;
-    for (int64_t k = 0; k < K; ++k)
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < Dp; ++d) {
-            const int64_t i = k * Dp + d;
-            real e = EXP(A[i] - m2[d]);
-            E[i] = e;
-            s2[d] += e;
-        }
-    real m0 = -INFINITY, s0 = 0;
-    for (int64_t k = 0; k < K; ++k) m0 = ln[k] > m0 ? ln[k] : m0;
-    for (int64_t k = 0; k < K; ++k) s0 += EXP(ln[k] - m0);
-    real lse_prev = m0 + LOG(s0); /* logsumexp_k a_k0 */
-    for (int64_t d = 0; d < Dp; ++d) {
-        lse[d] = m2[d] + LOG(s2[d]); /* logsumexp_k b_kd = logsumexp_k a_k,d+1 */
-        s2[d] = (real)1 / s2[d];
-    }
-    for (int64_t d = 0; d < Dp; ++d) {
-        inv_f[d] = EXP(lse_prev - lse[d] + (real)HALF_LOG_2PI);
-        lse_prev = lse[d];
-    }
-    /* r = E / sum (into a's storage: a is consumed), w_kd = r_k,d-1 (w_k0 = softmax(logits)), w / f and the
-     * side test, in one pass */
-    for (int64_t k = 0; k < K; ++k) {
-        const real w0 = EXP(ln[k] - m0) / s0;
-        const real *restrict e = E + k * Dp, *restrict x = X + k * Dp;
-        real *restrict r = R + k * Dp, *restrict wk = W + k * Dp, *restrict wf = WF + k * Dp;
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < Dp; ++d) {
-            const real wn = d > 0 ? e[d - (d > 0)] * s2[d - (d > 0)] : w0;
-            r[d] = e[d] * s2[d];
-            wk[d] = wn;
-            wf[d] = wn > 0 ? wn * inv_f[d] : 0; /* 0 * inf (f underflowed, w negligible) is 0 */
-            lsum[d] += wn * (x[d] / (1 + (x[d] < 0 ? -x[d] : x[d]))); /* crude side test: u_d < 1/2 roughly */
-        }
-    }
-    /* the tail form whose terms are small (see _tail_coefficients): w T / f = r sigma R(|x|) */
-    real *S = w.S, *CH = w.CH;
-    for (int64_t k = 0; k < K; ++k)
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < Dp; ++d) {
-            const int64_t i = k * Dp + d;
-            real x = X[i], t = x < 0 ? -x : x;
-            real small = R[i] * SIG[i] * MILLS(t);
-            real tail = ((lsum[d] < 0) == (x < 0)) ? small : WF[i] - small;
-            CH[i] = tail;
-            tsum[d] += tail;
-            S[i] = -x * INV[i];
-        }
-    for (int64_t k = 0; k < K; ++k)
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < Dp; ++d) {
-            const int64_t i = k * Dp + d;
-            real wt = W[i] * tsum[d];
-            CH[i] = lsum[d] < 0 ? CH[i] - wt : wt - CH[i];
-        }
 }
 
-/* dL/dtheta of one sample from its scratch, v' and C_kd (parked in W, no longer needed). */
-static void FN(parameter_grads)(int64_t K, int64_t D, real *scratch, real *gl, real *gmu, real *gsg) {
-    const int64_t Dp = FN(padded)(D);
-    FN(work) w = FN(layout)(scratch, K, Dp);
+/* The sweep, d = D-1 .. 0: v'_d = g_d - sum_k s_kd C_k, then with C_kd = C_k the parameter gradients of dimension
+ * d (into MU's and SG's storage, consumed by now), then C_k += v'_d chat_kd. C ends as sum_d v'_d chat_kd. */
+static void FN(sweep)(int64_t K, int64_t D, FN(work) w) {
     const real *restrict X = w.X, *restrict INV = w.INV, *restrict S = w.S, *restrict R = w.R;
-    const real *restrict BC = w.W, *restrict v = w.v;
-    for (int64_t k = 0; k < K; ++k) {
-        gl[k] = -w.C[k]; /* -sum_d v'_d chat_kd */
-        real *restrict gm = gmu + k * D, *restrict gs = gsg + k * D;
-        #pragma GCC ivdep
-        for (int64_t d = 0; d < D; ++d) {
-            const int64_t i = k * Dp + d;
-            real c = BC[i], vr = v[d] * R[i], x = X[i];
-            gm[d] = vr + c * S[i];
-            gs[d] = vr * x - c * (x * x - 1) * INV[i];
+    const real *restrict CH = w.CH, *restrict GZ = w.GZ;
+    real *restrict C = w.C, *restrict GM = w.MU, *restrict GS = w.SG;
+    real v[V];
+    for (int64_t i = 0; i < K * V; ++i) C[i] = 0;
+    for (int64_t d = D - 1; d >= 0; --d) {
+        LANES v[j] = GZ[d * V + j];
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t i = (k * D + d) * V;
+            LANES v[j] -= S[i + j] * C[k * V + j];
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t i = (k * D + d) * V;
+            LANES {
+                real c = C[k * V + j], vr = v[j] * R[i + j], x = X[i + j];
+                GM[i + j] = vr + c * S[i + j];
+                GS[i + j] = vr * x - c * (x * x - 1) * INV[i + j];
+                C[k * V + j] = c + v[j] * CH[i + j];
+            }
         }
     }
 }
@@ -315,37 +372,47 @@ void FN(compose)(int64_t N, int64_t K, int64_t D, const real *loc, const real *s
     }
 }
 
+/* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time. */
+static void FN(gather)(const real *const *rows, int64_t n, real *restrict dst) {
+    for (int64_t i0 = 0; i0 < n; i0 += V) FN(tile_in)(rows, i0, n - i0 < V ? n - i0 : V, dst + i0 * V);
+}
+
+static void FN(scatter)(const real *restrict src, int64_t n, int64_t lanes, real *const *rows) {
+    for (int64_t i0 = 0; i0 < n; i0 += V) FN(tile_out)(src + i0 * V, n - i0 < V ? n - i0 : V, lanes, rows, i0);
+}
+
+/* dL/d(logits, loc, scale) of samples n0 .. n1-1, V at a time. A last, partial group fills its spare lanes with
+ * copies of its last sample (lanes never mix, so every sample's result is the same whatever group it is in). */
 void FN(vjp)(int64_t n0, int64_t n1, int64_t K, int64_t D, const real *grad_z, const real *z, const real *logits,
              const real *loc, const real *scale, real *grad_logits, real *grad_loc, real *grad_scale,
              real *scratch) {
-    const int64_t KD = K * D, Dp = FN(padded)(D), G = FN(group)(K, D), size = FN(sample_size)(K, D);
-    for (int64_t n = n0; n < n1; n += G) {
-        const int64_t g_end = n + G < n1 ? G : n1 - n;
-        FN(work) w[8];
-        for (int64_t g = 0; g < g_end; ++g) {
-            const int64_t m = n + g;
-            FN(coefficients)(K, D, z + m * D, logits + m * K, loc + m * KD, scale + m * KD, scratch + g * size);
-            w[g] = FN(layout)(scratch + g * size, K, Dp);
-            for (int64_t k = 0; k < K; ++k) w[g].C[k] = 0;
+    const int64_t KD = K * D;
+    FN(work) w = FN(layout)(scratch, K, D);
+    for (int64_t n = n0; n < n1; n += V) {
+        const int64_t lanes = n1 - n < V ? n1 - n : V;
+        const real *rows[5][V];
+        LANES {
+            const int64_t m = n + (j < lanes ? j : lanes - 1);
+            rows[0][j] = loc + m * KD; rows[1][j] = scale + m * KD; rows[2][j] = z + m * D;
+            rows[3][j] = grad_z + m * D; rows[4][j] = logits + m * K;
         }
-        /* the sweeps, interleaved over the group: v'_d = g_d - sum_k s_kd C_k; C_kd = C_k; C_k += v'_d chat_kd */
-        for (int64_t d = D - 1; d >= 0; --d)
-            for (int64_t g = 0; g < g_end; ++g) {
-                const real *S = w[g].S, *CH = w[g].CH;
-                real *C = w[g].C, *BC = w[g].W;
-                real acc = grad_z[(n + g) * D + d];
-                for (int64_t k = 0; k < K; ++k) acc -= S[k * Dp + d] * C[k];
-                w[g].v[d] = acc;
-                for (int64_t k = 0; k < K; ++k) {
-                    BC[k * Dp + d] = C[k];
-                    C[k] += acc * CH[k * Dp + d];
-                }
-            }
-        for (int64_t g = 0; g < g_end; ++g) {
-            const int64_t m = n + g;
-            FN(parameter_grads)(K, D, scratch + g * size, grad_logits + m * K, grad_loc + m * KD,
-                                grad_scale + m * KD);
+        FN(gather)(rows[0], KD, w.MU);
+        FN(gather)(rows[1], KD, w.SG);
+        FN(gather)(rows[2], D, w.Z);
+        FN(gather)(rows[3], D, w.GZ);
+        FN(gather)(rows[4], K, w.L);
+        FN(coefficients)(K, D, w);
+        FN(sweep)(K, D, w);
+        real *out[3][V];
+        LANES {
+            const int64_t m = n + (j < lanes ? j : lanes - 1);
+            out[0][j] = grad_loc + m * KD; out[1][j] = grad_scale + m * KD; out[2][j] = grad_logits + m * K;
         }
+        for (int64_t i = 0; i < K * V; ++i) w.C[i] = -w.C[i]; /* dL/dl_k = -sum_d v'_d chat_kd */
+        FN(scatter)(w.MU, KD, lanes, out[0]);
+        FN(scatter)(w.SG, KD, lanes, out[1]);
+        FN(scatter)(w.C, K, lanes, out[2]);
     }
 }
+#undef V
 #endif

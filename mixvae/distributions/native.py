@@ -190,7 +190,8 @@ def graves_vjp(grad_z, z, logits, loc, scale):
     if threads == 1:
         fn(0, n, k, d, *pointers, scratch.data_ptr())
     else:
-        bounds = [n * i // threads for i in range(threads + 1)]
+        # whole groups of 16 samples (the kernel's lanes) per thread, the remainder with the last
+        bounds = [min(n, (n * i // threads + 15) // 16 * 16) if i < threads else n for i in range(threads + 1)]
         pool = _pool(threads)
         jobs = [pool.submit(fn, bounds[i], bounds[i + 1], k, d, *pointers, scratch[i].data_ptr())
                 for i in range(threads)]
