@@ -56,6 +56,18 @@ static inline float exp_f32(float x) {
     return x != x ? x : y;
 }
 
+/* exp(x) for x <= 0 (or NaN): exact 0 below -87.3. */
+static inline float expneg_f32(float x) {
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    float xc = x < -87.3f ? -87.3f : x;
+    float n = rintf(xc * 1.44269504088896341f);
+    float r = (xc - n * ln2_hi) - n * ln2_lo;
+    float y = exp_taylor_f32(r) * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
+    y = x < -87.3f ? 0.0f : y;
+    return x != x ? x : y;
+}
+static inline double expneg_f64(double x) { return exp(x); }
+
 /* exp(x) for x in [-20, 1] only (the Mills ratio's polynomial argument): no range checks. */
 static inline float exp_small_f32(float x) {
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
@@ -190,17 +202,20 @@ static inline void graves_tile_out_f64(const double *restrict src, int64_t m, in
 #define GRAVES_BODY
 #define real float
 #define EXP exp_f32
+#define EXPNEG expneg_f32
 #define LOG log_f32
 #define MILLS mills_f32
 #define FN(name) graves_##name##_f32
 #include __FILE__
 #undef real
 #undef EXP
+#undef EXPNEG
 #undef LOG
 #undef MILLS
 #undef FN
 #define real double
 #define EXP exp_f64
+#define EXPNEG expneg_f64
 #define LOG log_f64
 #define MILLS mills_f64
 #define FN(name) graves_##name##_f64
@@ -272,7 +287,7 @@ static void FN(coefficients)(int64_t K, int64_t D, FN(work) w) {
         LANES sum[j] = 0;
         for (int64_t k = 0; k < K; ++k)
             LANES {
-                real e = EXP(B[k * V + j] - mx[j]);
+                real e = EXPNEG(B[k * V + j] - mx[j]);
                 E[k * V + j] = e;
                 sum[j] += e;
             }
