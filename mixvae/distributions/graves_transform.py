@@ -25,7 +25,7 @@ and the sweep is written for v'_d = v_d f_d, which is finite wherever the ratios
 
 Three implementations of the backward pass are kept:
 - the C kernel (``graves_native.c`` through :mod:`mixvae.distributions.native`; the default on CPU), the same
-  coefficients and one sweep step per dimension, per sample;
+  coefficients and one sweep step per dimension, vectorised across samples;
 - :func:`blocked_vjp` (blocked, vectorised PyTorch; compiled by torch.compile on CUDA), and
 - :func:`graves_vjp_reference` (one plain step per dimension, straight from the notes), which the tests hold the
   other two against and which documents the algorithm.
@@ -144,9 +144,9 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 
 
 # ---- backends ---------------------------------------------------------------------------------------------------
-# "native" (the default on CPU): the whole backward pass in C (graves_native.c via native.py): per sample, every
-# coefficient in one pass over cache-resident memory and the sweep one dimension at a time, O(K) per step; several
-# times faster than the compiled graphs below. Built with the system C compiler on first use (about a second).
+# "native" (the default on CPU): the whole backward pass in C (graves_native.c via native.py), vectorised across
+# samples (16 float32 samples in the lanes of one vector): the coefficients one dimension at a time, then the sweep
+# back over the dimensions, O(K) per step; several times faster than the compiled graphs below. Built with the system C compiler on first use (about a second).
 # "compile": the elementwise work over [N, K, D] (about 25 passes in eager mode) fused by torch.compile; the path
 # for CUDA. For small problems with one or two blocks (a VAE's batch: N K D of a few 10^4) the whole backward
 # compiles into one graph; otherwise only the coefficients and the final gradients are compiled, since a whole
