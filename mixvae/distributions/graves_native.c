@@ -166,13 +166,13 @@ static inline void graves_tile_in_f32(const float *const *rows, int64_t off, int
     __m512 r[16];
     for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_ps(mask, rows[j] + off);
     transpose16_f32(r);
-    for (int c = 0; c < m; ++c) _mm512_store_ps(dst + 16 * c, r[c]);
+    for (int c = 0; c < m; ++c) _mm512_storeu_ps(dst + 16 * c, r[c]);
 }
 static inline void graves_tile_out_f32(const float *restrict src, int64_t m, int64_t lanes, float *const *rows,
                                 int64_t off) {
     const __mmask16 mask = (__mmask16)((1u << m) - 1);
     __m512 r[16];
-    for (int c = 0; c < 16; ++c) r[c] = c < m ? _mm512_load_ps(src + 16 * c) : _mm512_setzero_ps();
+    for (int c = 0; c < 16; ++c) r[c] = c < m ? _mm512_loadu_ps(src + 16 * c) : _mm512_setzero_ps();
     transpose16_f32(r);
     for (int j = 0; j < lanes; ++j) _mm512_mask_storeu_ps(rows[j] + off, mask, r[j]);
 }
