@@ -131,7 +131,8 @@ static inline double log_f64(double x) { return log(x); }
 
 /* ---- V x V transposes between per-sample rows and the lane layout (the kernel's lanes are samples) --------- */
 
-/* dst[c * V + j] = rows[j][off + c] for c < m (a tile of V rows and m <= V columns), and back. */
+/* float with AVX-512: a tile of 16 rows x m <= 16 columns in 16 registers, transposed by shuffles (the kernel's
+ * FN(tile_in) / FN(tile_out) say what a tile is; they are the plain loops used otherwise). */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 static inline void transpose16_f32(__m512 r[16]) {
@@ -161,41 +162,22 @@ static inline void transpose16_f32(__m512 r[16]) {
         r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
     }
 }
-static inline void graves_tile_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst) {
+static inline void tile16_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst) {
     const __mmask16 mask = (__mmask16)((1u << m) - 1);
     __m512 r[16];
     for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_ps(mask, rows[j] + off);
     transpose16_f32(r);
     for (int c = 0; c < m; ++c) _mm512_storeu_ps(dst + 16 * c, r[c]);
 }
-static inline void graves_tile_out_f32(const float *restrict src, int64_t m, int64_t lanes, float *const *rows,
-                                int64_t off) {
+static inline void tile16_out_f32(const float *restrict src, int64_t m, int64_t lanes, float *const *rows,
+                                  int64_t off) {
     const __mmask16 mask = (__mmask16)((1u << m) - 1);
     __m512 r[16];
     for (int c = 0; c < 16; ++c) r[c] = c < m ? _mm512_loadu_ps(src + 16 * c) : _mm512_setzero_ps();
     transpose16_f32(r);
     for (int j = 0; j < lanes; ++j) _mm512_mask_storeu_ps(rows[j] + off, mask, r[j]);
 }
-#else
-static inline void graves_tile_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst) {
-    for (int64_t j = 0; j < 16; ++j)
-        for (int64_t c = 0; c < m; ++c) dst[c * 16 + j] = rows[j][off + c];
-}
-static inline void graves_tile_out_f32(const float *restrict src, int64_t m, int64_t lanes, float *const *rows,
-                                int64_t off) {
-    for (int64_t j = 0; j < lanes; ++j)
-        for (int64_t c = 0; c < m; ++c) rows[j][off + c] = src[c * 16 + j];
-}
 #endif
-static inline void graves_tile_in_f64(const double *const *rows, int64_t off, int64_t m, double *restrict dst) {
-    for (int64_t j = 0; j < 8; ++j)
-        for (int64_t c = 0; c < m; ++c) dst[c * 8 + j] = rows[j][off + c];
-}
-static inline void graves_tile_out_f64(const double *restrict src, int64_t m, int64_t lanes, double *const *rows,
-                                int64_t off) {
-    for (int64_t j = 0; j < lanes; ++j)
-        for (int64_t c = 0; c < m; ++c) rows[j][off + c] = src[c * 8 + j];
-}
 
 /* ---- the kernel, once per type (this file includes itself with `real` defined) ---------------------------- */
 
@@ -206,6 +188,10 @@ static inline void graves_tile_out_f64(const double *restrict src, int64_t m, in
 #define LOG log_f32
 #define MILLS mills_f32
 #define FN(name) graves_##name##_f32
+#if defined(__AVX512F__)
+#define TILE_IN tile16_in_f32
+#define TILE_OUT tile16_out_f32
+#endif
 #include __FILE__
 #undef real
 #undef EXP
@@ -387,13 +373,28 @@ void FN(compose)(int64_t N, int64_t K, int64_t D, const real *loc, const real *s
     }
 }
 
-/* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time. */
+/* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time:
+ * dst[c * V + j] = rows[j][off + c] for c < m <= V, and back (AVX-512 shuffles for float where the compiler targets
+ * them, these plain loops otherwise). */
+static inline void FN(tile_in)(const real *const *rows, int64_t off, int64_t m, real *restrict dst) {
+    for (int64_t j = 0; j < V; ++j)
+        for (int64_t c = 0; c < m; ++c) dst[c * V + j] = rows[j][off + c];
+}
+static inline void FN(tile_out)(const real *restrict src, int64_t m, int64_t lanes, real *const *rows, int64_t off) {
+    for (int64_t j = 0; j < lanes; ++j)
+        for (int64_t c = 0; c < m; ++c) rows[j][off + c] = src[c * V + j];
+}
+#ifndef TILE_IN
+#define TILE_IN FN(tile_in)
+#define TILE_OUT FN(tile_out)
+#endif
+
 static void FN(gather)(const real *const *rows, int64_t n, real *restrict dst) {
-    for (int64_t i0 = 0; i0 < n; i0 += V) FN(tile_in)(rows, i0, n - i0 < V ? n - i0 : V, dst + i0 * V);
+    for (int64_t i0 = 0; i0 < n; i0 += V) TILE_IN(rows, i0, n - i0 < V ? n - i0 : V, dst + i0 * V);
 }
 
 static void FN(scatter)(const real *restrict src, int64_t n, int64_t lanes, real *const *rows) {
-    for (int64_t i0 = 0; i0 < n; i0 += V) FN(tile_out)(src + i0 * V, n - i0 < V ? n - i0 : V, lanes, rows, i0);
+    for (int64_t i0 = 0; i0 < n; i0 += V) TILE_OUT(src + i0 * V, n - i0 < V ? n - i0 : V, lanes, rows, i0);
 }
 
 /* dL/d(logits, loc, scale) of samples n0 .. n1-1, V at a time. A last, partial group fills its spare lanes with
@@ -430,4 +431,6 @@ void FN(vjp)(int64_t n0, int64_t n1, int64_t K, int64_t D, const real *grad_z, c
     }
 }
 #undef V
+#undef TILE_IN
+#undef TILE_OUT
 #endif
