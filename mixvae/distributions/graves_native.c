@@ -237,7 +237,16 @@ static FN(work) FN(layout)(real *scratch, int64_t K, int64_t D) {
  * needs only d and the running state from d - 1). Two identities save work: r_kd = w_k,d+1 (the weights given
  * z_<=d), so w is r one dimension back, and logsumexp_k a_k,d+1 = log f_d + logsumexp_k a_kd, so 1 / f_d needs
  * one exp per d. Per (k, d) that leaves one log (sigma), one exp (r) and the Mills ratio's exp. */
-static void FN(coefficients)(int64_t K, int64_t D, FN(work) w) {
+/* Asks for part d of D of the n values at p (the next group's parameters, contiguous in memory) to be brought
+ * into the cache, so that reading them overlaps this group's arithmetic instead of following it. */
+static inline void FN(prefetch_part)(const real *p, int64_t n, int64_t d, int64_t D) {
+    if (!p) return;
+    const char *lo = (const char *)(p + n * d / D), *hi = (const char *)(p + n * (d + 1) / D);
+    for (; lo < hi; lo += 64) __builtin_prefetch(lo, 0, 2);
+}
+
+static void FN(coefficients)(int64_t K, int64_t D, FN(work) w, const real *next_loc, const real *next_scale,
+                             int64_t next_n) {
     real *restrict B = w.B, *restrict RP = w.RP, *restrict E = w.E, *restrict W = w.W, *restrict WF = w.WF;
     real *restrict CT = w.CT, *restrict X = w.X, *restrict INV = w.INV, *restrict S = w.S, *restrict R = w.R;
     real *restrict CH = w.CH;
@@ -256,6 +265,8 @@ static void FN(coefficients)(int64_t K, int64_t D, FN(work) w) {
         }
     for (int64_t d = 0; d < D; ++d) {
         const real *restrict zd = w.Z + d * V;
+        FN(prefetch_part)(next_loc, next_n, d, D);
+        FN(prefetch_part)(next_scale, next_n, d, D);
         /* x = (z - mu) / sigma; b_kd = log pi_k + sum_{j<=d} log phi_kj (up to the constant -log sqrt(2 pi),
          * which cancels in every ratio), the unnormalised log r, and its maximum over k */
         LANES mx[j] = -INFINITY;
@@ -417,7 +428,8 @@ void FN(vjp)(int64_t n0, int64_t n1, int64_t K, int64_t D, const real *grad_z, c
         FN(gather)(rows[2], D, w.Z);
         FN(gather)(rows[3], D, w.GZ);
         FN(gather)(rows[4], K, w.L);
-        FN(coefficients)(K, D, w);
+        const int64_t next = n + V < n1 ? (n1 - n - V < V ? n1 - n - V : V) : 0; /* samples in the next group */
+        FN(coefficients)(K, D, w, next ? loc + (n + V) * KD : 0, next ? scale + (n + V) * KD : 0, next * KD);
         FN(sweep)(K, D, w);
         real *out[3][V];
         LANES {
