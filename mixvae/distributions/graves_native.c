@@ -100,6 +100,25 @@ static inline float log_f32(float x) {
     return (x != x || x < 0.0f) ? NAN : y;
 }
 
+/* log(x) for a normal, finite x > 0 (a scale): log_f32 without its special cases. Invalid scales still poison the
+ * result through 1 / sigma. */
+static inline float logpos_f32(float x) {
+    uint32_t b = float_to_bits(x);
+    int32_t e = (int32_t)(b >> 23) - 127;
+    float m = bits_to_float((b & 0x7fffff) | 0x3f800000); /* [1, 2) */
+    int big = m > 1.41421356f;
+    m = big ? 0.5f * m : m;
+    e += big;
+    float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    float p = 2.0f / 9;
+    p = p * s2 + 2.0f / 7;
+    p = p * s2 + 2.0f / 5;
+    p = p * s2 + 2.0f / 3;
+    p = p * s2 + 2.0f;
+    return (float)e * 0.693147180559945309f + s * p;
+}
+static inline double logpos_f64(double x) { return log(x); }
+
 /* Mills ratio R(t) = (1 - Phi(t)) / phi(t), t >= 0. float: erfc(y) = u exp(-y^2 + P(u)), u = 1 / (1 + y / 2),
  * relative error < 1.2e-7 (Press et al., Numerical Recipes, 2nd ed., sec. 6.2), so R = sqrt(pi/2) u exp(P(u)). */
 static inline float mills_f32(float t) {
@@ -186,6 +205,7 @@ static inline void tile16_out_f32(const float *restrict src, int64_t m, int64_t 
 #define EXP exp_f32
 #define EXPNEG expneg_f32
 #define LOG log_f32
+#define LOGPOS logpos_f32
 #define MILLS mills_f32
 #define FN(name) graves_##name##_f32
 #if defined(__AVX512F__)
@@ -197,12 +217,14 @@ static inline void tile16_out_f32(const float *restrict src, int64_t m, int64_t 
 #undef EXP
 #undef EXPNEG
 #undef LOG
+#undef LOGPOS
 #undef MILLS
 #undef FN
 #define real double
 #define EXP exp_f64
 #define EXPNEG expneg_f64
 #define LOG log_f64
+#define LOGPOS logpos_f64
 #define MILLS mills_f64
 #define FN(name) graves_##name##_f64
 #include __FILE__
@@ -276,7 +298,7 @@ static void FN(coefficients)(int64_t K, int64_t D, FN(work) w, const real *next_
                 real iv = (real)1 / SG[i + j], x = (zd[j] - MU[i + j]) * iv;
                 X[i + j] = x;
                 INV[i + j] = iv;
-                real b = B[k * V + j] + ((real)-0.5 * x * x - LOG(SG[i + j]));
+                real b = B[k * V + j] + ((real)-0.5 * x * x - LOGPOS(SG[i + j]));
                 B[k * V + j] = b;
                 mx[j] = b > mx[j] ? b : mx[j];
             }
