@@ -264,8 +264,29 @@ def test_mills_ratio_against_log_ndtr():
     t = torch.linspace(0, 80, 3201, dtype=F64)
     exact = (torch.special.log_ndtr(-t) + 0.5 * t * t + 0.5 * math.log(2 * math.pi)).exp()  # (1 - Phi) / phi
     assert torch.allclose(gt.mills_ratio(t), exact, rtol=1e-12)
-    assert torch.allclose(gt.mills_ratio(t.float()).double(), exact, rtol=3e-7)
+    assert torch.allclose(gt.mills_ratio(t.float()).double(), exact, rtol=3.6e-7)  # scripts/fit_mills.py
 
+
+
+def test_mills_polynomial_is_what_the_fit_script_gives():
+    """The committed coefficients (PyTorch path; the C kernel carries the same) come from scripts/fit_mills.py."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fit_mills.py"
+    spec = importlib.util.spec_from_file_location("fit_mills", path)
+    fit_mills = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_mills)
+    coef = fit_mills.fit(len(gt._MILLS_POLY) - 1)
+    assert torch.allclose(torch.tensor(coef), torch.tensor(gt._MILLS_POLY, dtype=F64), rtol=1e-8, atol=1e-9)
+    assert fit_mills.float32_error(coef) < 3.6e-7
+    # the C kernel's copy, highest degree first in its Horner steps
+    import re
+
+    source = (Path(__file__).resolve().parents[1] / "mixvae" / "distributions" / "graves_native.c").read_text()
+    body = source[source.index("static inline float mills_f32"):].split("}")[0]
+    c_coef = [float(sign.replace(" ", "") + value) for sign, value in re.findall(r"([-+ ]) ?([0-9.]+e[-+][0-9]+)f", body)]
+    assert c_coef[::-1] == list(gt._MILLS_POLY)
 
 # ---- the distribution API -------------------------------------------------------------------------------------
 

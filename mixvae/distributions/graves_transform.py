@@ -51,10 +51,10 @@ _INV_SQRT2 = 1 / math.sqrt(2)
 DEFAULT_BLOCK_SIZE = 32
 
 
-# Chebyshev fit of erfc with relative error below 1.2e-7 at every y >= 0 (Press et al., Numerical Recipes, 2nd
-# ed., sec. 6.2, "erfcc"): erfc(y) = t exp(-y^2 + P(t)), t = 1 / (1 + y / 2), i.e. erfcx(y) = t exp(P(t)).
-_ERFC_POLY = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
-              0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+# R(t) = sqrt(pi/2) u g(u) with u = 1 / (1 + y / 2), y = t / sqrt 2, and g(u) = erfcx(y) / u a polynomial of degree 10
+# in u (lowest first), fitted by scripts/fit_mills.py: relative error < 3.6e-7 evaluated in float32 at every t >= 0.
+_MILLS_POLY = (2.820947948e-01, 2.820938525e-01, 2.468805942e-01, 1.753767094e-01, 9.300151267e-02, -5.723649210e-02,
+               1.270998497e-01, -4.469938343e-01, 4.861942737e-01, -2.308655805e-01, 4.235430938e-02)
 _SQRT_HALF_PI = math.sqrt(math.pi / 2)
 
 
@@ -62,15 +62,15 @@ def mills_ratio(t: torch.Tensor) -> torch.Tensor:
     """R(t) = (1 - Phi(t)) / phi(t) for t >= 0 (standard normal), in (0, sqrt(pi/2)], about 1/t for large t.
 
     The smaller normal tail at x is then Phi(-|x|) = phi(x) R(|x|), which never has to be formed on its own.
-    float64: ``torch.special.erfcx`` (exact to the precision); lower precisions: the Chebyshev fit above
-    (relative error < 1.2e-7, float32's precision), one exp and a polynomial, several times faster on CPU."""
+    float64: ``torch.special.erfcx`` (exact to the precision); lower precisions: the polynomial fit above
+    (relative error < 3.6e-7 in float32): a division and a polynomial, no transcendental function."""
     if t.dtype == torch.float64:
         return _SQRT_HALF_PI * torch.special.erfcx(t * _INV_SQRT2)
     u = 1.0 / (1.0 + 0.5 * _INV_SQRT2 * t)
-    poly = _ERFC_POLY[-1]
-    for coefficient in reversed(_ERFC_POLY[:-1]):
+    poly = _MILLS_POLY[-1]
+    for coefficient in reversed(_MILLS_POLY[:-1]):
         poly = coefficient + u * poly
-    return _SQRT_HALF_PI * u * poly.exp()
+    return _SQRT_HALF_PI * u * poly
 
 
 def graves_coefficients(z: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
