@@ -103,6 +103,18 @@ def test_native_takes_strided_and_expanded_inputs(backend):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_compose_picks_the_component_and_refuses_bad_indices(dtype):
+    _, _, _, loc, scale = _problem(dtype, n=9, k=4, d=5)
+    index, eps = torch.tensor([0, 3, 1, 2, 3, 0, 1, 1, 2]), torch.randn(9, 5, dtype=dtype)
+    rows = torch.arange(9)
+    z = native.compose(loc, scale, index, eps)  # mu + sigma * eps, possibly fused (one rounding fewer)
+    assert torch.allclose(z, loc[rows, index] + scale[rows, index] * eps, rtol=1e-6 if dtype == torch.float32 else 1e-14)
+    for bad in (4, -1):
+        index[6] = bad
+        with pytest.raises(IndexError, match=r"component index out of range \[0, 4\)"):
+            native.compose(loc, scale, index, eps)
+
 def test_double_backward_is_refused_not_wrong():
     """The forward graph of z is the fixed-index one, so differentiating the backward would silently give the
     wrong second derivative; it raises instead."""

@@ -374,29 +374,42 @@ static void FN(sweep)(int64_t K, int64_t D, FN(work) w) {
 /* The forward draw, in two steps. The index: k = #{j < K-1 : F_j <= u S}, the inverse CDF of softmax(logits) at
  * u ~ U[0, 1) (F the running sum of exp(logit - max), S its total), as DiagGaussianMixture.index_from_uniform. */
 void FN(sample_index)(int64_t N, int64_t K, const real *logits, const real *u, int64_t *index) {
+    real e[64]; /* the weights, kept when K <= 64 (computed twice otherwise, the same way: the same values) */
     for (int64_t n = 0; n < N; ++n) {
         const real *ln = logits + n * K;
         real m = -INFINITY, total = 0, acc = 0;
         for (int64_t k = 0; k < K; ++k) m = ln[k] > m ? ln[k] : m;
-        for (int64_t k = 0; k < K; ++k) total += EXP(ln[k] - m);
+        for (int64_t k = 0; k < K; ++k) {
+            const real ek = EXPNEG(ln[k] - m);
+            if (K <= 64) e[k] = ek;
+            total += ek;
+        }
         const real threshold = u[n] * total;
         int64_t pick = 0;
         for (int64_t k = 0; k < K - 1; ++k) {
-            acc += EXP(ln[k] - m);
+            acc += K <= 64 ? e[k] : EXPNEG(ln[k] - m);
             pick += acc <= threshold;
         }
         index[n] = pick;
     }
 }
 
-/* Then z = loc_k + scale_k eps for the drawn k. */
-void FN(compose)(int64_t N, int64_t K, int64_t D, const real *loc, const real *scale, const int64_t *index,
-                 const real *eps, real *z) {
+/* Then z = loc_k + scale_k eps for the drawn k. Returns how many indices lay outside [0, K) (their rows are left
+ * unwritten; the caller raises). */
+int64_t FN(compose)(int64_t N, int64_t K, int64_t D, const real *loc, const real *scale, const int64_t *index,
+                    const real *eps, real *z) {
+    int64_t bad = 0;
     for (int64_t n = 0; n < N; ++n) {
-        const real *mu = loc + (n * K + index[n]) * D, *sg = scale + (n * K + index[n]) * D, *e = eps + n * D;
+        const int64_t k = index[n];
+        if (k < 0 || k >= K) {
+            ++bad;
+            continue;
+        }
+        const real *mu = loc + (n * K + k) * D, *sg = scale + (n * K + k) * D, *e = eps + n * D;
         real *zn = z + n * D;
         for (int64_t d = 0; d < D; ++d) zn[d] = mu[d] + sg[d] * e[d];
     }
+    return bad;
 }
 
 /* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time:

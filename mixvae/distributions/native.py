@@ -117,7 +117,7 @@ def _load():
                     draw.restype = None
                     compose = getattr(lib, f"graves_compose_{suffix}")
                     compose.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
-                    compose.restype = None
+                    compose.restype = ctypes.c_int64
                 _state["lib"] = lib
             except (NativeUnavailable, OSError) as err:
                 _state["error"] = str(err)
@@ -163,12 +163,11 @@ def compose(loc: torch.Tensor, scale: torch.Tensor, index: torch.Tensor, eps: to
     """z = loc[n, index[n]] + scale[n, index[n]] * eps[n]: ``[N, D]`` from loc, scale ``[N, K, D]``."""
     fn = getattr(_load(), f"graves_compose_{_suffix(loc)}")
     n, k, d = loc.shape
-    if n and (int(index.min()) < 0 or int(index.max()) >= k):
-        raise IndexError(f"component index out of range [0, {k})")
     loc, scale = loc.detach().contiguous(), scale.detach().to(loc.dtype).contiguous()
     index, eps = index.to(torch.int64).contiguous(), eps.to(loc.dtype).contiguous()
     z = torch.empty(n, d, dtype=loc.dtype)
-    fn(n, k, d, loc.data_ptr(), scale.data_ptr(), index.data_ptr(), eps.data_ptr(), z.data_ptr())
+    if fn(n, k, d, loc.data_ptr(), scale.data_ptr(), index.data_ptr(), eps.data_ptr(), z.data_ptr()):
+        raise IndexError(f"component index out of range [0, {k})")
     return z
 
 
