@@ -115,6 +115,28 @@ def test_native_compose_picks_the_component_and_refuses_bad_indices(dtype):
         with pytest.raises(IndexError, match=r"component index out of range \[0, 4\)"):
             native.compose(loc, scale, index, eps)
 
+def test_native_gradient_buffers_are_reused_only_when_free(monkeypatch):
+    """Large gradients come from a pool (no fresh pages per call), but a gradient someone still holds is never
+    handed out again: here the first call's results stay intact through later calls on other inputs."""
+    monkeypatch.setattr(native, "POOL_MIN_BYTES", 1)
+    monkeypatch.setattr(native, "_pools", {})
+    first_args = _problem(torch.float32, n=20, k=3, d=4, seed=1)
+    kept = native.graves_vjp(*first_args)
+    snapshot = [t.clone() for t in kept]
+    other_args = _problem(torch.float32, n=20, k=3, d=4, seed=2)
+    for _ in range(3):
+        again = native.graves_vjp(*other_args)
+        assert all(a.data_ptr() != b.data_ptr() for a in again[1:] for b in kept[1:])
+    for a, b in zip(kept, snapshot):
+        assert torch.equal(a, b)
+    ptr = kept[1].data_ptr()
+    del kept, again
+    reused = native.graves_vjp(*other_args)
+    assert ptr in {t.data_ptr() for t in reused[1:]}  # a buffer nobody holds any more comes back
+    ref = gt.graves_vjp_reference(*(t.double() for t in other_args))
+    for a, b in zip(reused, ref):
+        assert torch.allclose(a.double(), b, rtol=2e-4, atol=2e-4)
+
 def test_double_backward_is_refused_not_wrong():
     """The forward graph of z is the fixed-index one, so differentiating the backward would silently give the
     wrong second derivative; it raises instead."""

@@ -8,6 +8,8 @@ serves. No PyTorch headers are involved: the build takes about a
 second. Without a compiler :func:`available` is False and says why; the PyTorch backends then run instead.
 
 ctypes releases the GIL during the call, so large batches are split over ``torch.get_num_threads()`` threads.
+Large gradient buffers are reused across calls once nothing refers to them (:func:`_output`), so a training loop
+does not pay page faults for fresh memory every step.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SOURCE = Path(__file__).resolve().with_name("graves_native.c")  # absolute: the file includes itself
@@ -182,8 +186,8 @@ def graves_vjp(grad_z, z, logits, loc, scale):
     scratch_size = getattr(lib, f"graves_scratch_{suffix}")(k, d)
     inputs = [t.detach().to(dtype).contiguous() for t in (grad_z, z, logits, loc, scale)]
     grad_logits = torch.empty(n, k, dtype=dtype)
-    grad_loc = torch.empty(n, k, d, dtype=dtype)
-    grad_scale = torch.empty(n, k, d, dtype=dtype)
+    grad_loc = _output((n, k, d), dtype)
+    grad_scale = _output((n, k, d), dtype)
     pointers = [t.data_ptr() for t in (*inputs, grad_logits, grad_loc, grad_scale)]
     threads = min(torch.get_num_threads(), n) if n * k * d >= PARALLEL_MIN_ELEMENTS else 1
     scratch = _scratch(threads * scratch_size, dtype).view(threads, scratch_size)
@@ -201,6 +205,38 @@ def graves_vjp(grad_z, z, logits, loc, scale):
 
 
 _local = threading.local()
+
+#: Gradient buffers of at least this many bytes come from :func:`_output`'s pool.
+POOL_MIN_BYTES = 1 << 18
+_POOL_PER_SIZE = 4
+_pool_lock = threading.Lock()
+_pools: dict = {}
+
+
+def _output(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor for a gradient, its memory reused from an earlier call's output that nothing
+    references any more.
+
+    Fresh memory for a large tensor is often new pages from the OS (glibc returns freed blocks above its mmap or
+    trim thresholds), and their page faults cost as much as the kernel itself at B=1000, K=10, D=50 when the
+    previous step's gradients are still alive (e.g. accumulated into ``.grad``). The pool keeps up to
+    ``_POOL_PER_SIZE`` numpy buffers per (size, dtype); a buffer is handed out again only once no tensor refers to
+    it (its reference count is back to the pool's own), so a gradient a caller keeps is never overwritten."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    if numel * np.dtype(np_dtype).itemsize < POOL_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)
+    with _pool_lock:
+        pool = _pools.setdefault((numel, dtype), [])
+        for i in range(len(pool)):
+            if sys.getrefcount(pool[i]) == 2:  # the list's reference and getrefcount's argument: free
+                return torch.from_numpy(pool[i]).view(shape)
+        buf = np.empty(numel, dtype=np_dtype)
+        if len(pool) < _POOL_PER_SIZE:
+            pool.append(buf)
+        return torch.from_numpy(buf).view(shape)
 
 
 def _scratch(size: int, dtype: torch.dtype) -> torch.Tensor:
