@@ -119,7 +119,7 @@ def test_native_gradient_buffers_are_reused_only_when_free(monkeypatch):
     """Large gradients come from a pool (no fresh pages per call), but a gradient someone still holds is never
     handed out again: here the first call's results stay intact through later calls on other inputs."""
     monkeypatch.setattr(native, "POOL_MIN_BYTES", 1)
-    monkeypatch.setattr(native, "_pools", {})
+    monkeypatch.setattr(native, "_pools", native.OrderedDict())
     first_args = _problem(torch.float32, n=20, k=3, d=4, seed=1)
     kept = native.graves_vjp(*first_args)
     snapshot = [t.clone() for t in kept]
@@ -136,6 +136,9 @@ def test_native_gradient_buffers_are_reused_only_when_free(monkeypatch):
     ref = gt.graves_vjp_reference(*(t.double() for t in other_args))
     for a, b in zip(reused, ref):
         assert torch.allclose(a.double(), b, rtol=2e-4, atol=2e-4)
+    for n in range(21, 21 + 2 * native._POOL_SIZES):  # many batch sizes: the pool keeps only the recent ones
+        native.graves_vjp(*_problem(torch.float32, n=n, k=3, d=4))
+    assert len(native._pools) == native._POOL_SIZES
 
 def test_double_backward_is_refused_not_wrong():
     """The forward graph of z is the fixed-index one, so differentiating the backward would silently give the

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -209,8 +210,9 @@ _local = threading.local()
 #: Gradient buffers of at least this many bytes come from :func:`_output`'s pool.
 POOL_MIN_BYTES = 1 << 18
 _POOL_PER_SIZE = 4
+_POOL_SIZES = 8  # distinct (size, dtype) kept, least recently used dropped first
 _pool_lock = threading.Lock()
-_pools: dict = {}
+_pools: OrderedDict = OrderedDict()
 
 
 def _output(shape, dtype: torch.dtype) -> torch.Tensor:
@@ -220,8 +222,9 @@ def _output(shape, dtype: torch.dtype) -> torch.Tensor:
     Fresh memory for a large tensor is often new pages from the OS (glibc returns freed blocks above its mmap or
     trim thresholds), and their page faults cost as much as the kernel itself at B=1000, K=10, D=50 when the
     previous step's gradients are still alive (e.g. accumulated into ``.grad``). The pool keeps up to
-    ``_POOL_PER_SIZE`` numpy buffers per (size, dtype); a buffer is handed out again only once no tensor refers to
-    it (its reference count is back to the pool's own), so a gradient a caller keeps is never overwritten."""
+    ``_POOL_PER_SIZE`` numpy buffers for each of the ``_POOL_SIZES`` most recent (size, dtype); a buffer is handed
+    out again only once no tensor refers to it (its reference count is back to the pool's own), so a gradient a
+    caller keeps is never overwritten."""
     numel = 1
     for size in shape:
         numel *= size
@@ -230,6 +233,9 @@ def _output(shape, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)
     with _pool_lock:
         pool = _pools.setdefault((numel, dtype), [])
+        _pools.move_to_end((numel, dtype))
+        while len(_pools) > _POOL_SIZES:  # tensors still using a dropped buffer keep it alive themselves
+            _pools.popitem(last=False)
         for i in range(len(pool)):
             if sys.getrefcount(pool[i]) == 2:  # the list's reference and getrefcount's argument: free
                 return torch.from_numpy(pool[i]).view(shape)
