@@ -68,34 +68,11 @@ static inline float expneg_f32(float x) {
 }
 static inline double expneg_f64(double x) { return exp(x); }
 
-/* log(x) for x > 0: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1),
- * |s| <= 0.172, by its series to s^9 (truncation < 1e-9). Subnormal x are rescaled first. */
-static inline float log_f32(float x) {
-    int sub = x < 1.17549435e-38f;
-    float xs = sub ? x * 8388608.0f : x; /* 2^23 */
-    uint32_t b = float_to_bits(xs);
-    int32_t e = (int32_t)((b >> 23) & 0xff) - 127 - (sub ? 23 : 0);
-    float m = bits_to_float((b & 0x7fffff) | 0x3f800000); /* [1, 2) */
-    int big = m > 1.41421356f;
-    m = big ? 0.5f * m : m;
-    e += big;
-    float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
-    float p = 2.0f / 9;
-    p = p * s2 + 2.0f / 7;
-    p = p * s2 + 2.0f / 5;
-    p = p * s2 + 2.0f / 3;
-    p = p * s2 + 2.0f;
-    float y = (float)e * 0.693147180559945309f + s * p;
-    y = x == INFINITY ? x : y;
-    y = x == 0.0f ? -INFINITY : y;
-    return (x != x || x < 0.0f) ? NAN : y;
-}
-
-/* log(x) for a normal, finite x > 0 (a scale): log_f32 without its special cases. Invalid scales still poison the
- * result through 1 / sigma. */
-static inline float logpos_f32(float x) {
+/* log(x) for a normal, finite x > 0, less `shift` ln 2: x = 2^e m with m in [sqrt(1/2), sqrt(2)),
+ * log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, by its series to s^9 (truncation < 1e-9). */
+static inline float log_normal_f32(float x, int32_t shift) {
     uint32_t b = float_to_bits(x);
-    int32_t e = (int32_t)(b >> 23) - 127;
+    int32_t e = (int32_t)((b >> 23) & 0xff) - 127 - shift;
     float m = bits_to_float((b & 0x7fffff) | 0x3f800000); /* [1, 2) */
     int big = m > 1.41421356f;
     m = big ? 0.5f * m : m;
@@ -108,6 +85,19 @@ static inline float logpos_f32(float x) {
     p = p * s2 + 2.0f;
     return (float)e * 0.693147180559945309f + s * p;
 }
+
+/* log(x) for every float: subnormal x rescaled first; 0, inf, NaN and negative x as libm. */
+static inline float log_f32(float x) {
+    int sub = x < 1.17549435e-38f;
+    float y = log_normal_f32(sub ? x * 8388608.0f : x, sub ? 23 : 0); /* 2^23 */
+    y = x == INFINITY ? x : y;
+    y = x == 0.0f ? -INFINITY : y;
+    return (x != x || x < 0.0f) ? NAN : y;
+}
+
+/* log of a scale (a normal, finite x > 0) without the special cases: an invalid scale still poisons the result
+ * through 1 / sigma. */
+static inline float logpos_f32(float x) { return log_normal_f32(x, 0); }
 static inline double logpos_f64(double x) { return log(x); }
 
 /* Mills ratio R(t) = (1 - Phi(t)) / phi(t), t >= 0. float: R = sqrt(pi/2) u g(u), u = 1 / (1 + y / 2),
