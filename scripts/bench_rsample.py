@@ -218,7 +218,8 @@ def main(argv=None):
         "`graves` uses the default backend (on CPU the C kernel, mixvae/distributions/graves_native.c, built "
         "with the system compiler and -march=native; on CUDA the compiled one); `graves compiled` is the same with "
         "the torch.compile'd coefficients and blocked back-substitution, `graves eager` in plain PyTorch (the "
-        "compiled column is left empty on CUDA, where it is the default); `normal` is a plain Normal rsample of [B, D] (the K = 1 "
+        "compiled column is left empty on CUDA, where it is the default); `normal` is a plain Normal rsample of "
+        "[B, D] (the K = 1 "
         "floor); `enumerate` draws all K reparameterized samples; `pyro` is "
         "`pyro.distributions.MixtureOfDiagNormals`.",
         "",

@@ -7,6 +7,9 @@ runs it against a deliberately wrong gradient and asserts that it fails.
 from __future__ import annotations
 
 import math
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,10 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from mixvae.distributions import DiagGaussianMixture
 from mixvae.distributions import graves_transform as gt
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import fit_mills  # noqa: E402
 
 F64 = torch.float64
 
@@ -270,22 +277,14 @@ def test_mills_ratio_against_log_ndtr():
 
 def test_mills_polynomial_is_what_the_fit_script_gives():
     """The committed coefficients (PyTorch path; the C kernel carries the same) come from scripts/fit_mills.py."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "fit_mills.py"
-    spec = importlib.util.spec_from_file_location("fit_mills", path)
-    fit_mills = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit_mills)
     coef = fit_mills.fit(len(gt._MILLS_POLY) - 1)
     assert torch.allclose(torch.tensor(coef), torch.tensor(gt._MILLS_POLY, dtype=F64), rtol=1e-8, atol=1e-9)
     assert fit_mills.float32_error(coef) < 3.6e-7
     # the C kernel's copy, highest degree first in its Horner steps
-    import re
-
-    source = (Path(__file__).resolve().parents[1] / "mixvae" / "distributions" / "graves_native.c").read_text()
+    source = (REPO / "mixvae" / "distributions" / "graves_native.c").read_text()
     body = source[source.index("static inline float mills_f32"):].split("}")[0]
-    c_coef = [float(sign.replace(" ", "") + value) for sign, value in re.findall(r"([-+ ]) ?([0-9.]+e[-+][0-9]+)f", body)]
+    c_coef = [float(sign.replace(" ", "") + value)
+              for sign, value in re.findall(r"([-+ ]) ?([0-9.]+e[-+][0-9]+)f", body)]
     assert c_coef[::-1] == list(gt._MILLS_POLY)
 
 # ---- the distribution API -------------------------------------------------------------------------------------

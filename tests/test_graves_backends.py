@@ -109,7 +109,8 @@ def test_native_compose_picks_the_component_and_refuses_bad_indices(dtype):
     index, eps = torch.tensor([0, 3, 1, 2, 3, 0, 1, 1, 2]), torch.randn(9, 5, dtype=dtype)
     rows = torch.arange(9)
     z = native.compose(loc, scale, index, eps)  # mu + sigma * eps, possibly fused (one rounding fewer)
-    assert torch.allclose(z, loc[rows, index] + scale[rows, index] * eps, rtol=1e-6 if dtype == torch.float32 else 1e-14)
+    rtol = 1e-6 if dtype == torch.float32 else 1e-14
+    assert torch.allclose(z, loc[rows, index] + scale[rows, index] * eps, rtol=rtol)
     for bad in (4, -1):
         index[6] = bad
         with pytest.raises(IndexError, match=r"component index out of range \[0, 4\)"):

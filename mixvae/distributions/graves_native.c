@@ -241,7 +241,7 @@ static FN(work) FN(layout)(real *scratch, int64_t K, int64_t D) {
 /* The coefficients r, chat, s = -x / sigma, x and 1 / sigma of a group, one dimension at a time (everything at d
  * needs only d and the running state from d - 1). Two identities save work: r_kd = w_k,d+1 (the weights given
  * z_<=d), so w is r one dimension back, and logsumexp_k a_k,d+1 = log f_d + logsumexp_k a_kd, so 1 / f_d needs
- * one exp per d. Per (k, d) that leaves one log (sigma), one exp (r) and the Mills ratio's exp. */
+ * one exp per d. Per (k, d) that leaves one log (sigma), one exp (r) and the Mills ratio's polynomial. */
 /* Asks for part d of D of the n values at p (the next group's parameters, contiguous in memory) to be brought
  * into the cache, so that reading them overlaps this group's arithmetic instead of following it. */
 static inline void FN(prefetch_part)(const real *p, int64_t n, int64_t d, int64_t D) {

@@ -146,7 +146,8 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 # ---- backends ---------------------------------------------------------------------------------------------------
 # "native" (the default on CPU): the whole backward pass in C (graves_native.c via native.py), vectorised across
 # samples (16 float32 samples in the lanes of one vector): the coefficients one dimension at a time, then the sweep
-# back over the dimensions, O(K) per step; several times faster than the compiled graphs below. Built with the system C compiler on first use (about a second).
+# back over the dimensions, O(K) per step; several times faster than the compiled graphs below. Built with the
+# system C compiler on first use (about a second).
 # "compile": the elementwise work over [N, K, D] (about 25 passes in eager mode) fused by torch.compile; the path
 # for CUDA. For small problems with one or two blocks (a VAE's batch: N K D of a few 10^4) the whole backward
 # compiles into one graph; otherwise only the coefficients and the final gradients are compiled, since a whole

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -225,9 +226,7 @@ def _output(shape, dtype: torch.dtype) -> torch.Tensor:
     ``_POOL_PER_SIZE`` numpy buffers for each of the ``_POOL_SIZES`` most recent (size, dtype); a buffer is handed
     out again only once no tensor refers to it (its reference count is back to the pool's own), so a gradient a
     caller keeps is never overwritten."""
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     if numel * np.dtype(np_dtype).itemsize < POOL_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
