@@ -19,16 +19,20 @@ class MixtureEncoder(nn.Module):
     With K = 1 the logits head is a constant (log_softmax of one logit is 0), so q is exactly the Gaussian
     encoder of the VAE (Kingma & Welling 2014) and of IWAE (Burda et al. 2016).
 
+    ``top_linear``: the last hidden layer has no activation (the heads see a linear layer of the one below), the
+    layout of Nalisnick et al.'s code (784-500 ReLU-500 linear, then the heads).
+
     Symmetry breaking: components that start identical receive identical gradients through mu and sigma
     (only their weights differ), so the loc head's bias gets a fixed offset per component, drawn
     N(0, init_spread^2) and centred over k (zero when K = 1).
     """
 
     def __init__(self, x_dim: int, hidden: list[int], num_components: int, latent_dim: int,
-                 activation: str = "tanh", min_scale: float = 1e-3, init_spread: float = 1.0):
+                 activation: str = "tanh", min_scale: float = 1e-3, init_spread: float = 1.0,
+                 top_linear: bool = False):
         super().__init__()
         self.num_components, self.latent_dim, self.min_scale = num_components, latent_dim, min_scale
-        self.body = mlp([x_dim, *hidden], activation)
+        self.body = mlp([x_dim, *hidden], activation, last_activation=not top_linear)
         h = hidden[-1] if hidden else x_dim
         self.logits = nn.Linear(h, num_components)
         self.loc = nn.Linear(h, num_components * latent_dim)

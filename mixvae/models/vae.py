@@ -39,12 +39,14 @@ class MixtureVAE(nn.Module):
         activation: see ``mixvae.models.mlp.ACTIVATIONS``.
         min_scale: floor added to every component scale.
         init_spread: std of the per-component offsets of the initial means (see MixtureEncoder).
+        encoder_top_linear: the encoder's last hidden layer is linear (Nalisnick et al. 2016's layout).
         train_mean: [x_dim] mean training image, for the decoder's initial output bias (None: zero bias).
     """
 
     def __init__(self, x_dim: int, num_components: int = 1, latent_dim: int = 50,
                  hidden: list[int] | tuple[int, ...] = (200, 200), activation: str = "tanh",
-                 min_scale: float = 1e-3, init_spread: float = 1.0, train_mean: Tensor | None = None):
+                 min_scale: float = 1e-3, init_spread: float = 1.0, train_mean: Tensor | None = None,
+                 encoder_top_linear: bool = False):
         super().__init__()
         if num_components < 1:
             raise ValueError(f"model.num_components (K) must be >= 1, got {num_components}")
@@ -52,7 +54,7 @@ class MixtureVAE(nn.Module):
             raise ValueError(f"model.latent_dim (D) must be >= 1, got {latent_dim}")
         hidden = list(hidden)
         self.encoder = MixtureEncoder(x_dim, hidden, num_components, latent_dim, activation, min_scale,
-                                      init_spread)
+                                      init_spread, top_linear=encoder_top_linear)
         self.decoder = BernoulliDecoder(latent_dim, hidden[::-1], x_dim, activation, train_mean)
 
     def posterior(self, x: Tensor) -> DiagGaussianMixture:
