@@ -3,11 +3,16 @@
 The canonical text format: one image a line, 784 space-separated 0/1 values; 50,000 / 10,000 / 10,000 images.
 A file may be plain ``.amat`` (as the canonical source serves it) or gzipped ``.amat.gz``. The binarization is
 fixed, so batches are served as stored (``dynamic=False``) and the published valid file is the validation set.
+
+Verification (``verify``) digests the images, not the bytes: the SHA-256 of the rows packed to bits and sorted,
+so that a copy in another text spelling, compression or image order (a mirror stores the test split ordered by
+digit) passes, and a changed pixel does not. The digests are those of the copy the project checks against.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import zlib
 from pathlib import Path
@@ -15,11 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import X_DIM, DatasetSpec, RawSplits, data_error, register
+from .core import X_DIM, DatasetSpec, RawSplits, check_digest, data_error, register
 from .download import fetch, reachable
 
 SPLIT_NAMES = ("train", "valid", "test")
 URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
+CANONICAL = {  # split: (images, image_digest)
+    "train": (50_000, "aae6de292e6b68d898acf52062a1ac62907fc7ab417c59582d6523a1da0f9a61"),
+    "valid": (10_000, "d10b4edf2e0765693846b51a5895f81f69fa37b6459b7f665bfa9c8cc9723622"),
+    "test": (10_000, "87ff96664646cc41575aeb3ae4fbbabc1475ca3d42be4659d7a829d9f22c845a"),
+}
 
 
 def folder(root: Path) -> Path:
@@ -63,6 +73,13 @@ def parse_amat(text: bytes, path: Path) -> np.ndarray:
     return values.astype(np.uint8)
 
 
+def image_digest(images: np.ndarray) -> str:
+    """SHA-256 of ``[N, 784]`` 0/1 images packed to bits, rows sorted: independent of spelling and order."""
+    packed = np.ascontiguousarray(np.packbits(images.astype(np.uint8), axis=1))  # [N, 98]
+    rows = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    return hashlib.sha256(np.sort(rows).tobytes()).hexdigest()
+
+
 def read_amat(path: Path) -> np.ndarray:
     try:
         text = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -76,7 +93,7 @@ def _missing(root: Path) -> list[Path]:
     return [p for s in SPLIT_NAMES if not any(c.exists() for c in candidates(root, s)) for p in candidates(root, s)]
 
 
-def load(root: Path, download: bool | None, cache_dir: Path | None = None) -> RawSplits:
+def load(root: Path, download: bool | None, cache_dir: Path | None = None, verify: bool = True) -> RawSplits:
     missing = _missing(root)
     if missing and download is not False and (download or reachable(URL)):
         for split in SPLIT_NAMES:
@@ -93,7 +110,11 @@ def load(root: Path, download: bool | None, cache_dir: Path | None = None) -> Ra
     arrays, used = {}, []
     for split in SPLIT_NAMES:
         path = next(c for c in candidates(root, split) if c.exists())
-        arrays[split] = torch.from_numpy(read_amat(path).astype(np.float32))
+        images = read_amat(path)
+        n, digest = CANONICAL[split]
+        if verify and len(images) == n:
+            check_digest("binarized_mnist", path, image_digest(images), {digest}, "image digest")
+        arrays[split] = torch.from_numpy(images.astype(np.float32))
         used.append(path.name)
     source = f"binarized_mnist: {' + '.join(used)} in {folder(root)}"
     return RawSplits(arrays["train"], arrays["test"], source, valid=arrays["valid"])

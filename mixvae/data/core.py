@@ -11,7 +11,9 @@ The contract, once:
   & Murray (2008). ``binarized_mnist`` is the fixed binarization of Larochelle & Murray (2011) and is served
   as stored.
 * A missing or corrupt file raises :class:`DataError` with a one-line message naming the paths tried and how to
-  get the files.
+  get the files. A file with a canonical name and the canonical size whose digest differs from the published
+  file's (:func:`check_digest`) is corrupt too, unless ``verify=False`` (``dataset.verify=false``). Generated
+  test fixtures have canonical names but other sizes, so they are not checked.
 
 Each dataset module registers a :class:`DatasetSpec` in ``REGISTRY``; ``load_dataset`` dispatches through it.
 """
@@ -31,13 +33,22 @@ X_DIM = 784
 ENV_VAR = "MIXVAE_DATA_DIR"
 SPLITS = ("train", "valid", "test")
 HOW_TO_GET = (
-    f"set {ENV_VAR} or data.root to a folder that holds them, or run online with download=True "
-    "(download=None fetches them automatically when the network is reachable)"
+    f"set {ENV_VAR} or dataset.root to a folder that holds them, or run online with dataset.download=true "
+    "(dataset.download=null, the default, fetches them when the network is reachable)"
 )
 
 
 class DataError(RuntimeError):
     """A dataset file is missing, unreadable or corrupt. The message is one line."""
+
+
+def check_digest(name: str, path: Path, digest: str, known: set[str], what: str = "sha256") -> None:
+    """DataError unless ``digest`` (of ``path``'s content, computed as ``what`` says) is one of ``known``."""
+    if digest not in known:
+        raise DataError(f"{name}: {path} does not match the canonical file ({what} {digest[:16]}..., expected "
+                        f"{' or '.join(k[:16] + '...' for k in sorted(known))}): its content is damaged or not the "
+                        "published data; delete it and download again, or set dataset.verify=false to use it as "
+                        "it is")
 
 
 def data_error(name: str, problem: str, tried: list[Path] | list[str], hint: str = "") -> DataError:
@@ -65,13 +76,13 @@ class RawSplits:
 class DatasetSpec:
     """How to load one dataset.
 
-    load(root, download, cache_dir) -> RawSplits.
+    load(root, download, cache_dir, verify) -> RawSplits; ``verify``: check canonical files' digests.
     default_valid(n_train) -> the number of training images held out when ``valid_size`` is None.
     holdout(n_train, n_valid, seed) -> (train_idx, valid_idx), two disjoint LongTensors.
     """
 
     name: str
-    load: Callable[[Path, bool | None, Path | None], RawSplits]
+    load: Callable[[Path, bool | None, Path | None, bool], RawSplits]
     dynamic: bool
     default_valid: Callable[[int], int] = lambda n: 0
     holdout: Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -185,7 +196,7 @@ class Dataset:
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, valid_size: int | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, download: bool | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> Dataset:
+                 cache_dir: str | os.PathLike | None = None, verify: bool = True) -> Dataset:
     """Load ``name`` from ``root`` (see :func:`resolve_root`) onto ``device``.
 
     valid_size: training images held out for validation. None = the dataset's default (mnist: the last
@@ -196,13 +207,15 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, valid_size: i
         timeout); True = download missing files or fail; False = never touch the network.
     cache_dir: where derived files (the resized Omniglot) go; default the dataset folder in ``root`` when
         writable, else ``$XDG_CACHE_HOME/mixvae`` (``~/.cache/mixvae``).
+    verify: compare files with canonical names and sizes against the published files' digests (DataError on
+        a mismatch); False uses them as they are.
     """
     if name not in REGISTRY:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
     spec = REGISTRY[name]
     if valid_size is not None and valid_size < 0:
         raise ValueError(f"valid_size must be >= 0 or None, got {valid_size}")
-    raw = spec.load(resolve_root(root), download, Path(cache_dir) if cache_dir is not None else None)
+    raw = spec.load(resolve_root(root), download, Path(cache_dir) if cache_dir is not None else None, verify)
     train, valid = raw.train, raw.valid
     if valid is not None:
         if valid_size == 0:

@@ -13,7 +13,9 @@
    SHA-256, so changed zips rebuild it.
 
 Numbers on source 2 are close to, but not directly comparable with, IWAE's table (different downsampling and
-test split). ``Dataset.source`` names the source a run used. Both are grayscale and binarized dynamically, as
+test split). With ``verify``, zips with the canonical number of images must be byte-identical to the originals
+(torchvision's MD5s) or to the pixel-identical copy the project checks against (its SHA-256s); chardata.mat is not
+checked (no published digest). ``Dataset.source`` names the source a run used. Both are grayscale and binarized dynamically, as
 IWAE does for Omniglot. Validation: a seeded random 1,345 of the training images (the split of Tomczak &
 Welling's VampPrior, 23,000 / 1,345), scaled to the training-set size for smaller files.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import X_DIM, DatasetSpec, RawSplits, data_error, holdout_random, register
+from .core import X_DIM, DatasetSpec, RawSplits, check_digest, data_error, holdout_random, register
 from .download import fetch, reachable, user_cache_dir, writable_dir
 
 ZIP_NAMES = ("images_background.zip", "images_evaluation.zip")
@@ -40,6 +42,12 @@ TRAIN_DRAWERS = tuple(range(1, 16))  # drawers 1-15 train, 16-20 test
 SIZE_IN, SIZE_OUT = 105, 28
 CACHE_VERSION = "area-v1"  # bump when the resize or split changes, so old caches are not reused
 VALID_FRACTION = 1345 / 24345
+CANONICAL = {  # zip: (images, {digest: "md5"/"sha256"})
+    "images_background.zip": (19_280, {"68d2efa1b9178cc56df9314c21c6e718": "md5",
+                                       "870b8047a1aa2c8cb3c8e160a8ae2bb1ce86cea3d60da28501749b56b1420f1a": "sha256"}),
+    "images_evaluation.zip": (13_180, {"6b91aef0f799c5bb55b94e3f2daec811": "md5",
+                                       "83fcdebe66f6e111af5179f913e6349aa15c0554ccce06fb86ba002c183f5bdb": "sha256"}),
+}
 PNG_NAME = re.compile(r"images_(background|evaluation)/([^/]+)/character(\d+)/(\d+)_(\d+)\.png$")
 
 
@@ -107,11 +115,26 @@ def build_from_zips(zip_paths: list[Path], chunk: int = 2048) -> tuple[np.ndarra
     return np.concatenate(train), np.concatenate(test)
 
 
-def zip_hash(zip_paths: list[Path]) -> str:
+def zip_hash(zip_paths: list[Path], digests: dict[Path, set[str]] | None = None) -> str:
+    """The cache key of the zips' bytes; ``digests`` (when given) receives each zip's MD5 and SHA-256."""
     digest = hashlib.sha256(CACHE_VERSION.encode())
     for path in zip_paths:
-        digest.update(path.read_bytes())
+        data = path.read_bytes()
+        digest.update(data)
+        if digests is not None:
+            digests[path] = {hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest()}
     return digest.hexdigest()[:16]
+
+
+def _check_zips(zips: list[Path], digests: dict[Path, set[str]], n_images: int) -> None:
+    """DataError for a canonical zip whose bytes are neither the original's nor the checked copy's."""
+    if n_images != sum(CANONICAL[p.name][0] for p in zips if p.name in CANONICAL):
+        return  # not the full set (a fixture): nothing to compare with
+    for path in zips:
+        known = CANONICAL[path.name][1]
+        if not digests[path] & set(known):
+            sha256 = max(digests[path], key=len)
+            check_digest("omniglot", path, sha256, set(known), "sha256")
 
 
 def cache_name(key: str) -> str:
@@ -157,8 +180,9 @@ def _find_zips(root: Path) -> list[Path] | None:
     return None
 
 
-def _load_zips(zips: list[Path], cache_dir: Path | None) -> RawSplits:
-    key = zip_hash(zips)
+def _load_zips(zips: list[Path], cache_dir: Path | None, verify: bool = True) -> RawSplits:
+    digests: dict[Path, set[str]] = {}
+    key = zip_hash(zips, digests)
     if cache_dir is None:
         cache_dir = zips[0].parent if writable_dir(zips[0].parent) else user_cache_dir()
     places = [cache_dir, zips[0].parent, user_cache_dir()]
@@ -181,13 +205,15 @@ def _load_zips(zips: list[Path], cache_dir: Path | None) -> RawSplits:
             _write_npz(cached, train=arrays[0], test=arrays[1])
         except OSError as err:
             note = f"not cached: {err}"
+    if verify:
+        _check_zips(zips, digests, len(arrays[0]) + len(arrays[1]))
     train, test = (torch.from_numpy(a.astype(np.float32) / 255.0) for a in arrays)
     source = (f"omniglot: {' + '.join(ZIP_NAMES)} in {zips[0].parent}, area-resized 105->28, drawers 1-15 train / "
               f"16-20 test ({note})")
     return RawSplits(train, test, source)
 
 
-def load(root: Path, download: bool | None, cache_dir: Path | None = None) -> RawSplits:
+def load(root: Path, download: bool | None, cache_dir: Path | None = None, verify: bool = True) -> RawSplits:
     chardata = next((p for p in chardata_candidates(root) if p.exists()), None)
     if chardata is not None:
         train, test = read_chardata(chardata)
@@ -208,7 +234,7 @@ def load(root: Path, download: bool | None, cache_dir: Path | None = None) -> Ra
         raise data_error("omniglot", "neither chardata.mat nor both Omniglot zips found", tried,
                          f"zips: {URL.format(name='images_{background,evaluation}.zip')}; "
                          f"IWAE's 28x28 set: {IWAE_CHARDATA_URL}")
-    return _load_zips(zips, cache_dir)
+    return _load_zips(zips, cache_dir, verify)
 
 
 def default_valid(n_train: int) -> int:

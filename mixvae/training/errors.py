@@ -17,3 +17,11 @@ class NonFiniteError(MixVAEError, FloatingPointError):
     """The loss or the gradient became NaN/inf; training stopped and the last good checkpoint was kept."""
 
     exit_code = 3
+
+
+class CheckpointError(MixVAEError):
+    """A checkpoint cannot be read (truncated, corrupt) or written (disk full); the message names the file."""
+
+
+class RunFilesError(MixVAEError):
+    """A run file cannot be written (no space left, a read-only directory); the last checkpoint is kept."""

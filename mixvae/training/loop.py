@@ -11,6 +11,13 @@ What is logged is ``out.objective`` (the objective's estimate), never the surrog
 checkpoints that make a killed run continue bit for bit, validation with early stopping, the final test
 evaluation, and the run's files (metrics.jsonl, summary.json, config.yaml) in the run directory.
 
+Resuming: checkpoint.pt also holds the lr scheduler (configs/schedule/, stepped once per epoch) and the config
+it was written with; on resume a changed setting is either applied (the optimizer's hyperparameters, the
+schedule, gradient clipping), taken as run control (epochs, patience, logging, devices), or refused with one
+line (anything that defines the run: data, model, estimator, objective, seed, batch size); see
+``Trainer.compare_config``. The previous checkpoint is kept as checkpoint.prev.pt, the fallback when the newest
+is damaged.
+
 Speed: a step never waits for the device. The data already lies on it (mixvae/data), the finiteness of the
 loss and gradient norm is recorded on the device and read only every ``train.log_every`` steps and at the end of
 the epoch (a bad step is still reported by number, and nothing is saved after it), the logged values are read
@@ -26,6 +33,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -35,11 +43,19 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mixvae.data import load_dataset
+from mixvae.data.download import writable_dir
 from mixvae.distributions import graves_transform
 from mixvae.training import checkpoint as ckpt
-from mixvae.training.errors import ConfigError, NonFiniteError
+from mixvae.training.errors import CheckpointError, ConfigError, NonFiniteError, RunFilesError
 from mixvae.training.evaluate import evaluate
-from mixvae.training.metrics import SUMMARY, MetricsFile, read_summary, to_floats, write_summary
+from mixvae.training.metrics import (
+    SUMMARY,
+    MetricsFile,
+    os_error_message,
+    read_summary,
+    to_floats,
+    write_summary,
+)
 from mixvae.training.runtime import (
     git_revision,
     hardware,
@@ -70,8 +86,45 @@ _POSITIVE = {
 }
 
 
-# keys that steer an invocation, not the run: changing them on resume is expected
-_RUN_CONTROL = {"resume", "progress", "train.stop_after", "train.epochs", "eval.patience"}
+# Numeric keys and their ranges: (key, integer, low, low included, high, high included, null allowed, hint)
+_RANGES = [
+    ("seed", True, 0, True, 2**32, False, False, "seeds NumPy too: 0 <= seed < 2^32"),
+    ("eval.seed", True, 0, True, 2**32, False, False, ""),
+    ("threads", True, 1, True, None, False, True, "null: torch's default"),
+    ("train.grad_clip", False, 0, False, None, False, True, "the max gradient norm; null: no clipping"),
+    ("train.max_batches", True, 1, True, None, False, True, "null: every batch"),
+    ("train.stop_after", True, 1, True, None, False, True, "null: run to train.epochs"),
+    ("eval.every", True, 0, True, None, False, False, "0: never validate"),
+    ("eval.patience", True, 1, True, None, False, True, "null: never stop early"),
+    ("eval.max_batches", True, 1, True, None, False, True, "null: every batch"),
+    ("dataset.valid_size", True, 0, True, None, False, True, "null: the dataset's own split; 0: none"),
+    ("optim.lr", False, 0, True, None, False, False, ""),
+    ("optim.eps", False, 0, True, None, False, False, ""),
+    ("optim.weight_decay", False, 0, True, None, False, False, ""),
+    ("optim.momentum", False, 0, True, None, False, False, ""),
+    ("model.min_scale", False, 0, False, None, False, True, ""),
+    ("model.init_spread", False, 0, True, None, False, True, ""),
+]
+
+
+def _range_text(integer: bool, low, low_in: bool, high, high_in: bool) -> str:
+    kind = "an integer" if integer else "a number"
+    if high is None:
+        return f"{kind} {'>=' if low_in else '>'} {low}"
+    return f"{kind} in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def _check_number(key: str, value, integer: bool, low, low_in: bool, high=None, high_in: bool = False,
+                  nullable: bool = False, hint: str = "") -> None:
+    if value is None and nullable:
+        return
+    ok = (isinstance(value, int) or (not integer and isinstance(value, float))) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value >= low if low_in else value > low)
+    ok = ok and (high is None or (value <= high if high_in else value < high))
+    if not ok:
+        text = _range_text(integer, low, low_in, high, high_in) + (" or null" if nullable else "")
+        hint = f" ({hint})" if hint else ""
+        raise ConfigError(f"{key} must be {text}{hint}, got {value!r}")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -83,6 +136,19 @@ def validate_config(cfg: DictConfig) -> None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             hint = f" ({hint})" if hint else ""
             raise ConfigError(f"{key} must be an integer >= 1{hint}, got {value!r}; e.g. {key}=1")
+    for key, integer, low, low_in, high, high_in, nullable, hint in _RANGES:
+        if OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
+            _check_number(key, OmegaConf.select(cfg, key), integer, low, low_in, high, high_in, nullable, hint)
+    betas = OmegaConf.select(cfg, "optim.betas")
+    if betas is not None:
+        if not OmegaConf.is_list(betas) or len(betas) != 2:
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
+        for i, beta in enumerate(betas):
+            _check_number(f"optim.betas[{i}]", beta, False, 0, True, 1, False)
+    hidden = OmegaConf.select(cfg, "model.hidden")
+    if OmegaConf.is_list(hidden):
+        for i, width in enumerate(hidden):
+            _check_number(f"model.hidden[{i}]", width, True, 1, True, hint="layer widths")
     if cfg.resume not in ("auto", True, False):
         raise ConfigError(f"resume must be auto, true or false, got {cfg.resume!r}")
     backend = cfg.get("graves_backend")
@@ -91,15 +157,72 @@ def validate_config(cfg: DictConfig) -> None:
                           f"got {backend!r}")
 
 
+def _check_arguments(node: DictConfig, key: str, passed: dict) -> None:
+    """ConfigError naming ``key.<name>`` for a key the target does not take (listing those it does) or for a
+    non-number given where the target's default is a number (``estimator.temperature=abc``)."""
+    try:
+        params = inspect.signature(hydra.utils.get_object(node._target_)).parameters
+    except Exception:  # noqa: BLE001 - an unusual _target_: leave it to instantiate to report
+        return
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    options = [n for n, p in params.items() if n not in passed and n not in ("self", "params")
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for name in node:
+        if str(name).startswith("_"):
+            continue
+        if name not in params:
+            if not takes_any:
+                raise ConfigError(f"{key}.{name} is not an option of {node._target_}; its options: "
+                                  f"{', '.join(options)}")
+            continue
+        default, value = params[name].default, node[name]
+        numeric = isinstance(default, int | float) and not isinstance(default, bool)
+        if numeric and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{key}.{name} must be a number (default {default}), got {value!r}")
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key}.{name} must be true or false, got {value!r}")
+
+
 def _instantiate(node: DictConfig, key: str, **kwargs):
     """hydra.utils.instantiate, with a bad value or argument in the config reported as one ConfigError line."""
+    _check_arguments(node, key, kwargs)
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
+        if isinstance(cause, ConfigError):  # already names its key
+            raise cause from e
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(f"{key}: {cause}") from e
         raise
+
+
+# On resume, each key of the checkpoint's config is compared with the config now. A changed key is
+#   run control: how this invocation runs and reports, taken as it is now;
+#   applied: the optimizer's hyperparameters, the lr schedule and gradient clipping, set on the restored state
+#       and used from the next step on;
+#   anything else defines the run (data, model, estimator, objective, seed, batch size, validation samples):
+#       resuming with it changed is refused with one line.
+# An entry ending in "." covers the keys below it.
+_RUN_CONTROL = ("resume", "progress", "device", "threads", "deterministic", "graves_backend", "logger.",
+                "dataset.root", "dataset.download", "dataset.verify", "train.epochs", "train.stop_after",
+                "train.log_every", "train.max_batches", "eval.every", "eval.patience", "eval.iwae_samples",
+                "eval.chunk", "eval.batch_size", "eval.max_batches", "checkpoint.")
+_DEFINING = ("optim._target_", "optim.amsgrad", "optim.maximize")  # the optimizer's kind and state layout
+_APPLIED = ("optim.", "schedule.", "train.grad_clip")
+# Keys added after runs were first checkpointed, with the value that behaves as the code before them did: a
+# checkpoint whose config lacks one counts as having this value.
+_ADDED = {"schedule._target_": "mixvae.training.schedules.Constant", "dataset.verify": True}
+
+
+def _covers(entries: tuple[str, ...], key: str) -> bool:
+    return any(key == e or (e.endswith(".") and key.startswith(e)) for e in entries)
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict) or not node:
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
 
 
 def _fused_default(optim: DictConfig, device: torch.device) -> dict:
@@ -135,7 +258,13 @@ class Trainer:
         validate_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFilesError(os_error_message(e, self.run_dir)) from e
+        if not writable_dir(self.run_dir):
+            raise RunFilesError(f"the run directory {self.run_dir} is not writable; make it writable, or choose "
+                                "another with hydra.run.dir=DIR (hydra.sweep.dir=DIR for a sweep)")
         self.run_name = run_name
         set_deterministic(bool(cfg.deterministic))
         if cfg.get("threads"):
@@ -146,8 +275,13 @@ class Trainer:
         seed_everything(cfg.seed)
 
         d = cfg.dataset
-        self.data = load_dataset(d.name, root=d.get("root"), valid_size=d.get("valid_size"), device=self.device,
-                                 seed=cfg.seed, download=d.get("download"))
+        try:
+            self.data = load_dataset(d.name, root=d.get("root"), valid_size=d.get("valid_size"),
+                                     device=self.device, seed=cfg.seed, download=d.get("download"),
+                                     verify=d.get("verify", True))
+        except ValueError as e:
+            raise ConfigError(f"dataset.valid_size: {e}; set a smaller dataset.valid_size (null: the "
+                              "dataset's default)") from e
         self.model = _instantiate(cfg.model, "model", x_dim=self.data.x_dim,
                                   train_mean=self.data.train_mean).to(self.device)
         self.estimator = _instantiate(cfg.estimator, "estimator", context_dim=self.data.x_dim).to(self.device)
@@ -160,6 +294,10 @@ class Trainer:
         self.clip = cfg.train.grad_clip if cfg.train.get("grad_clip") else math.inf
         self.optimizer = _instantiate(cfg.optim, "optim", params=self.params,
                                       **_fused_default(cfg.optim, self.device))
+        schedule = cfg.get("schedule") or OmegaConf.create({"_target_": _ADDED["schedule._target_"]})
+        self.schedule = _instantiate(schedule, "schedule", epochs=cfg.train.epochs)
+        # stepped once per epoch: during epoch e (1-based) the lr is optim.lr * schedule(e - 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: self.schedule(epoch))
         # One generator drives the data order and the dynamic binarization; it lives on the data's device.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.metrics = MetricsFile(self.run_dir)
@@ -176,46 +314,107 @@ class Trainer:
             "model": self.model.state_dict(),
             "estimator": self.estimator.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "state": dict(self.state),
             "rng": rng_state(self.generator),
             "metrics_size": self.metrics.size(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }, self.run_dir / ckpt.CHECKPOINT)
+        }, self.run_dir / ckpt.CHECKPOINT, keep_previous=True)
 
     def maybe_resume(self) -> int:
-        """Continue from run_dir/checkpoint.pt when there is one (resume=auto/true).
+        """Continue from run_dir/checkpoint.pt when there is one (resume=auto/true), else checkpoint.prev.pt.
 
         Returns the size metrics.jsonl had at that checkpoint (0 for a fresh start): the caller truncates the
         file to it, dropping what a killed run logged after its last checkpoint.
         """
         path = self.run_dir / ckpt.CHECKPOINT
-        if not path.exists() or self.cfg.resume is False:
+        found = [p for p in (path, self.run_dir / ckpt.PREVIOUS) if p.exists()]
+        if not found or self.cfg.resume is False:
             if self.cfg.resume is True:
                 raise ConfigError(f"resume=true but {path} does not exist; point hydra.run.dir at the run to "
                                   "continue (rerunning the same command with the same run dir continues it)")
-            for stale in (ckpt.CHECKPOINT, ckpt.BEST, SUMMARY):  # a fresh start in a used directory
+            for stale in (ckpt.CHECKPOINT, ckpt.PREVIOUS, ckpt.BEST, SUMMARY):  # a fresh start in a used directory
                 (self.run_dir / stale).unlink(missing_ok=True)
             return 0
-        saved = ckpt.load(path, self.device)
-        self.model.load_state_dict(saved["model"])
-        self.estimator.load_state_dict(saved["estimator"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        saved, used, damaged = None, None, None
+        for candidate in found:
+            try:
+                saved, used = ckpt.load(candidate, self.device, needs=ckpt.CONTENTS), candidate
+                break
+            except CheckpointError as e:
+                damaged = damaged or e
+        if saved is None:
+            raise damaged
+        if damaged is not None:
+            warnings.warn(f"{damaged}; resuming from the previous checkpoint {used} (epoch "
+                          f"{saved['state']['epoch']}) instead", stacklevel=2)
+        elif used != path:
+            log.warning("%s is missing (a run killed while saving); resuming from %s", path, used)
+        self.compare_config(saved["config"], used, saved["state"]["epoch"])
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.estimator.load_state_dict(saved["estimator"])
+        except RuntimeError as e:
+            raise ConfigError(f"{used} does not fit the configured model and estimator ("
+                              f"{str(e).splitlines()[0].strip()} ...); rerun with resume=false to start over, "
+                              "or use another run directory") from e
+        now = [{k: v for k, v in g.items() if k not in ("params", "param_names")}
+               for g in self.optimizer.param_groups]  # this config's hyperparameters (and initial_lr)
+        try:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"{used}: the optimizer state does not fit ({e}); rerun with resume=false to "
+                              "start over") from e
+        for group, settings in zip(self.optimizer.param_groups, now, strict=True):
+            group.update(settings)  # the moments stay; lr, betas, eps, weight decay are the configured ones
+        if "scheduler" in saved:  # older checkpoints have none (they ran at a constant lr)
+            self.scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"], self.generator)
         self.state = saved["state"]
-        self._warn_config_changes(saved["config"])
-        log.info("resuming from %s after epoch %d (step %d)", path, self.state["epoch"], self.state["step"])
+        self._set_epoch_lr(self.state["epoch"])
+        log.info("resuming from %s after epoch %d (step %d)", used, self.state["epoch"], self.state["step"])
         return saved["metrics_size"]
 
-    def _warn_config_changes(self, saved: dict) -> None:
-        def leaves(node, prefix=""):
-            if not isinstance(node, dict):
-                return {prefix[:-1]: node}
-            return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+    def _set_epoch_lr(self, epoch_index: int) -> None:
+        """Put the scheduler where it is after ``epoch_index`` epochs, with this config's lr as its base.
 
-        now, then = leaves(OmegaConf.to_container(self.cfg, resolve=True)), leaves(saved)
-        changed = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k) and k not in _RUN_CONTROL]
-        if changed:
-            log.warning("config differs from the checkpoint's in %s; continuing with the new values", changed)
+        The same product LambdaLR computes (base_lr * factor), so an unchanged config resumes bit for bit.
+        """
+        groups = self.optimizer.param_groups
+        self.scheduler.base_lrs = [g["initial_lr"] for g in groups]
+        self.scheduler.last_epoch = epoch_index
+        lrs = [base * self.schedule(epoch_index) for base in self.scheduler.base_lrs]
+        for group, lr in zip(groups, lrs, strict=True):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs
+
+    def compare_config(self, saved: dict, path: Path, epoch: int) -> None:
+        """Refuse (ConfigError) a resume whose config differs in a key that defines the run; log the rest."""
+        now, then = _leaves(OmegaConf.to_container(self.cfg, resolve=True)), _leaves(saved)
+        for key, value in _ADDED.items():
+            then.setdefault(key, value)
+        changed = [k for k in sorted(set(now) | set(then)) if k in now and k in then and now[k] != then[k]]
+        unrecorded = [k for k in sorted(set(now) - set(then))]
+        refused = [k for k in changed if _covers(_DEFINING, k) or not _covers(_RUN_CONTROL + _APPLIED, k)]
+        if refused:
+            diffs = ", ".join(f"{k}={then[k]!r} (now {now[k]!r})" for k in refused)
+            raise ConfigError(f"cannot resume {path}: it was trained with {diffs}, which defines the run; "
+                              "rerun with resume=false to start over in this run directory, or choose another "
+                              "with hydra.run.dir=DIR")
+        applied = [k for k in changed + unrecorded if _covers(_APPLIED, k)]
+        if applied:
+            log.warning("resuming with new %s (the optimizer's moments are kept; applied from epoch %d on)",
+                        ", ".join(f"{k}={now[k]!r} (was {then.get(k, 'unset')!r})" for k in applied), epoch + 1)
+        control = [k for k in changed if _covers(_RUN_CONTROL, k)]
+        if control:
+            log.info("resuming with new run control: %s", ", ".join(f"{k}={now[k]!r}" for k in control))
+        new = [k for k in unrecorded if not _covers(_APPLIED + _RUN_CONTROL, k)]
+        if new:
+            log.warning("the checkpoint's config has no %s (added since it was written); continuing with %s",
+                        ", ".join(new), ", ".join(f"{k}={now[k]!r}" for k in new))
+        gone = sorted(set(then) - set(now))
+        if gone:
+            log.warning("the config no longer has %s (set in the checkpoint's config)", ", ".join(gone))
 
     # ---- training --------------------------------------------------------------------------------------------
     def log_record(self, record: dict) -> None:
@@ -278,11 +477,12 @@ class Trainer:
         loss, grad_norm = self._bad_values.tolist()
         what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
         path = self.run_dir / ckpt.CHECKPOINT
-        kept = (f"the last good checkpoint {path} (epoch {self._saved_epoch}) is kept" if path.exists()
-                else "no checkpoint was written yet")
+        kept = (f"the last good checkpoint {path} (epoch {self._saved_epoch}) is kept; rerun the same command "
+                "with a lower optim.lr or a train.grad_clip to continue from it with the new value"
+                if path.exists() else "no checkpoint was written yet; rerun with a lower optim.lr or a "
+                "train.grad_clip")
         raise NonFiniteError(f"non-finite {what} ({value}) at step {self._epoch_start_step + bad} "
-                             f"(epoch {self.state['epoch']}); {kept}; try a lower optim.lr or "
-                             "train.grad_clip")
+                             f"(epoch {self.state['epoch']}); {kept}")
 
     def train_epoch(self) -> dict:
         """One pass over the training set; returns the epoch's record entries."""
@@ -339,7 +539,17 @@ class Trainer:
         return self.state["stopped_early"] or self.state["epoch"] >= self.cfg.train.epochs
 
     def run(self) -> dict:
-        """Train to ``train.epochs`` (continuing a checkpoint), test, write summary.json; returns the summary."""
+        """Train to ``train.epochs`` (continuing a checkpoint), test, write summary.json; returns the summary.
+
+        A run file that cannot be written (a full disk, a read-only directory) stops the run with one line
+        (RunFilesError); the last checkpoint stays, so the same command continues once the cause is fixed.
+        """
+        try:
+            return self._run()
+        except OSError as e:
+            raise RunFilesError(os_error_message(e)) from e
+
+    def _run(self) -> dict:
         cfg = self.cfg
         metrics_size = self.maybe_resume()
         self._saved_epoch = self.state["epoch"]
@@ -359,6 +569,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 self.state["epoch"] += 1  # the epoch under way; equal to the epochs completed once it ends
                 record = self.train_epoch()
+                record["train/lr"] = self.optimizer.param_groups[0]["lr"]  # this epoch's
+                self.scheduler.step()
                 epoch_s = time.perf_counter() - t0
                 self.state["train_time_s"] += epoch_s
                 record["time/epoch_s"] = epoch_s
@@ -389,7 +601,11 @@ class Trainer:
         ev = self.cfg.eval
         best = self.run_dir / ckpt.BEST
         if best.exists():
-            self.model.load_state_dict(ckpt.load(best, self.device)["model"])
+            try:
+                self.model.load_state_dict(ckpt.load(best, self.device, needs=("model",))["model"])
+            except (KeyError, RuntimeError) as e:
+                raise CheckpointError(f"{best} does not hold this model's weights ({e}); rerun with "
+                                      "resume=false to start over") from e
         t0 = time.perf_counter()
         results = evaluate(self.model, self.data, "test", ev.iwae_samples, ev.chunk, ev.batch_size, ev.seed,
                            ev.get("max_batches"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,14 +36,43 @@ class MetricsFile:
         return self.path.stat().st_size if self.path.exists() else 0
 
     def truncate(self, size: int) -> None:
-        """Drop what was logged after the checkpoint being resumed (a killed run may have logged more)."""
-        if self.path.exists():
+        """Drop what was logged after the checkpoint being resumed (a killed run may have logged more).
+
+        Only ever shortens the file. A file shorter than ``size`` has lost records from before the checkpoint,
+        which no rerun restores: that is warned about, the file is cut back to its last whole record, and the
+        run continues after it.
+        """
+        actual = self.size()
+        if actual >= size:
+            if self.path.exists():
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(size)
+            return
+        kept = actual
+        if actual:
             with open(self.path, "r+b") as fh:
-                fh.truncate(size)
+                kept = fh.read().rfind(b"\n") + 1
+                fh.truncate(kept)
+        warnings.warn(f"{self.path} has {actual} bytes but had {size} at the checkpoint being resumed: "
+                      f"{size - kept} bytes of its records (from before the checkpoint) are lost"
+                      + (", including a partial last record" if kept < actual else "")
+                      + "; the run continues after what is left", stacklevel=2)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
+
+
+def os_error_message(e: OSError, path: Path | str | None = None) -> str:
+    """One line for a run file that cannot be written: which file, why, and what to do."""
+    where = e.filename or path or "a run file"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device writing {where}; free some space and rerun the same command "
+                "(it continues from the last checkpoint)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write {where} ({e.strerror}); make the run directory writable, or choose another with "
+                "hydra.run.dir=DIR, and rerun")
+    return f"cannot write {where}: {e.strerror or e}"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -12,13 +12,33 @@ import numpy as np
 import torch
 
 from mixvae.distributions import graves_transform
+from mixvae.training.errors import ConfigError
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to torch.device and must exist here
+    (ConfigError otherwise, before any data is loaded)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device={device} is not a device torch knows; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device} but torch finds no CUDA device here; use device=auto or device=cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device={device} but this machine has {count} CUDA device(s) (cuda:0 to "
+                              f"cuda:{count - 1}); use device=cuda or device=auto")
+        return dev
+    backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not (callable(is_available) and is_available()):
+        raise ConfigError(f"device={device} is not available on this machine; use device=auto or device=cpu")
+    return dev
 
 
 def seed_everything(seed: int) -> None:

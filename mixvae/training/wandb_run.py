@@ -1,7 +1,9 @@
 """A Weights & Biases run that can never stop training: every call warns and carries on when W&B fails.
 
 Offline by default (no account, no network: the run is written under <run dir>/wandb and can be uploaded
-later with ``wandb sync``). ``WANDB_MODE`` in the environment overrides ``logger.mode``.
+later with ``wandb sync``). ``WANDB_MODE`` in the environment overrides ``logger.mode``. An online run first
+checks that the W&B server answers within ``ONLINE_CHECK_S`` seconds (wandb itself waits about 90 s and then
+trains without a record); if not, it logs offline instead and says so in one warning.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import os
 import warnings
 from pathlib import Path
 
+from mixvae.data.download import reachable
+
 log = logging.getLogger(__name__)
+ONLINE_CHECK_S = 4.0
 
 
 class WandbRun:
@@ -21,6 +26,13 @@ class WandbRun:
         self.run = None
         if not cfg.get("enabled", False):
             return
+        mode = os.environ.get("WANDB_MODE") or cfg.mode
+        if mode == "online":
+            host = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+            if not reachable(host, timeout=ONLINE_CHECK_S):
+                warnings.warn(f"W&B: {host} did not answer within {ONLINE_CHECK_S:g} s; logging offline to "
+                              f"{run_dir / 'wandb'} instead (upload later with wandb sync)", stacklevel=2)
+                mode = "offline"
         try:
             import wandb
 
@@ -33,7 +45,7 @@ class WandbRun:
                 name=name,
                 config=config,
                 dir=str(run_dir),
-                mode=os.environ.get("WANDB_MODE") or cfg.mode,
+                mode=mode,
                 id=run_id,
                 resume="allow" if run_id else None,
                 settings=wandb.Settings(console=cfg.get("console", "off"), silent=True),
