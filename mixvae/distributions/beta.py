@@ -60,7 +60,9 @@ class Beta(torch.distributions.Beta):
         """z = x_0 / (x_0 + x_1) from given standard gamma draws ``[*S, *batch, 2]`` (x_0 ~ Gamma(a, 1),
         x_1 ~ Gamma(b, 1)), differentiable in a and b: ``[*S, *batch]``."""
         conc = self._dirichlet.concentration  # [*batch, 2], differentiable in a and b
-        return dirichlet_from_standard_gamma(conc, x, conc.dtype)[..., 0]
+        z = dirichlet_from_standard_gamma(conc, x, conc.dtype)[..., 0]
+        below_one = 1 - torch.finfo(z.dtype).eps / 2  # z rounded to 1 would give log_prob = inf for b < 1
+        return z + (z.detach().clamp(max=below_one) - z.detach())
 
     def grep_transform(self) -> T.Transform:
         r"""G-REP standardization (Ruiz, Titsias & Blei 2016, section 3): z = T(eps) = sigmoid(m + s eps) with

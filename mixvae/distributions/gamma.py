@@ -159,11 +159,11 @@ class StandardGammaSample(torch.autograd.Function):
         return grad_x * standard_gamma_grad(alpha, x).to(grad_x.dtype), None
 
 
-def rsample_standard_gamma(alpha: torch.Tensor) -> torch.Tensor:
+def rsample_standard_gamma(alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One sample x ~ Gamma(alpha, 1) per element of ``alpha`` ``[...]`` (clamped to the dtype's smallest normal
     number), with the implicit gradient to alpha."""
     with torch.no_grad():
-        x = torch._standard_gamma(alpha.detach()).clamp_(min=torch.finfo(alpha.dtype).tiny)
+        x = torch._standard_gamma(alpha.detach(), generator=generator).clamp_(min=torch.finfo(alpha.dtype).tiny)
     if not (torch.is_grad_enabled() and alpha.requires_grad):
         return x
     return StandardGammaSample.apply(alpha, x)
@@ -198,10 +198,10 @@ class Gamma(torch.distributions.Gamma):
         new = self._get_checked_instance(Gamma, _instance)
         return super().expand(batch_shape, _instance=new)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact sample ``[*sample_shape, *batch]``, differentiable in concentration and rate."""
         shape = self._extended_shape(sample_shape)
-        x = rsample_standard_gamma(self.concentration.expand(shape))
+        x = rsample_standard_gamma(self.concentration.expand(shape), generator=generator)
         z = x / self.rate.expand(shape)
         tiny = torch.finfo(z.dtype).tiny
         return z + (z.detach().clamp(min=tiny) - z.detach())  # keep z > 0 where x / rate underflows
