@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from mixvae.distributions import DiagGaussianMixture
+from mixvae.distributions import DiagGaussianMixture, native
 from mixvae.distributions import graves_transform as gt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -368,12 +368,54 @@ def test_expand():
         (dict(logits=torch.tensor([0.0, math.nan, 1.0]), loc=torch.zeros(3, 2), scale=torch.ones(3, 2)), "logits"),
         (dict(logits=torch.zeros(3), loc=torch.full((3, 2), math.inf), scale=torch.ones(3, 2)), "loc contains"),
         (dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale=torch.full((3, 2), math.nan)), "scale contains"),
+        (dict(logits=torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]]), loc=torch.zeros(2, 2, 3),
+              scale=torch.ones(2, 2, 3)), "every logit of some mixture is -inf"),
+        (dict(logits=torch.tensor([0.0, math.inf]), loc=torch.zeros(2, 3), scale=torch.ones(2, 3)), "logits contain"),
+        (dict(logits=torch.zeros(2), loc=torch.zeros(2, 19), scale=torch.ones(2, 19).index_put_(
+            (torch.tensor(1), torch.tensor(17)), torch.tensor(-0.0))), "scale must be > 0"),  # -0, in the tail
+        (dict(logits=torch.zeros(2), loc=torch.zeros(2, 40).index_put_((torch.tensor(1), torch.tensor(33)),
+                                                                        torch.tensor(-math.inf)),
+              scale=torch.ones(2, 40)), "loc contains"),
     ],
 )
-def test_validate_args_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match) as info:
-        DiagGaussianMixture(**kwargs, validate_args=True)
-    assert "\n" not in str(info.value)
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_validate_args_errors(kwargs, match, path, monkeypatch):
+    """The same one-line errors from the C check (one pass per parameter) and from the PyTorch reductions."""
+    if path == "torch":
+        monkeypatch.setattr(native, "supports", lambda t: False)
+    for dtype in (torch.float32, torch.float64):
+        with pytest.raises(ValueError, match=match) as info:
+            DiagGaussianMixture(**{k: v.to(dtype) for k, v in kwargs.items()}, validate_args=True)
+        assert "\n" not in str(info.value)
+
+
+def test_valid_parameters_pass_both_checks(monkeypatch):
+    p = make_params((37,), 5, 21, seed=4, dtype=torch.float32)
+    p[0][3, 1] = -math.inf  # a masked component is valid
+    DiagGaussianMixture(*p, validate_args=True)
+    monkeypatch.setattr(native, "supports", lambda t: False)
+    DiagGaussianMixture(*p, validate_args=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_parameters_are_differentiated_in_float32(dtype):
+    """float16 / bfloat16 parameters: the sample and the gradients come back in that dtype, and equal the float32
+    computation on the rounded parameters (rounded to dtype) for the same draws. Before, the backward raised
+    NotImplementedError ("triangular_solve_cpu" not implemented for 'Half')."""
+    logits, loc, scale = (t.to(dtype) for t in make_params((6,), 3, 5, seed=2, dtype=torch.float32))
+    low = [t.clone().requires_grad_() for t in (logits, loc, scale)]
+    high = [t.float().requires_grad_() for t in (logits, loc, scale)]
+    g = torch.randn(2, 6, 5)
+    torch.manual_seed(0)
+    z = DiagGaussianMixture(*low).rsample((2,))
+    (z.float() * g).sum().backward()
+    torch.manual_seed(0)
+    z32 = DiagGaussianMixture(*high).rsample((2,))
+    (z32.to(dtype).float() * g).sum().backward()
+    assert z.dtype == dtype and torch.equal(z, z32.to(dtype))
+    for a, b in zip(low, high):
+        assert a.grad.dtype == dtype
+        assert torch.equal(a.grad, b.grad.to(dtype))
 
 
 def test_log_prob_validates_samples():

@@ -1,9 +1,12 @@
 """Every Graves backward backend (native C, compiled, eager) agrees with the plain PyTorch reference loop."""
 
+import contextlib
 import math
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +17,9 @@ from mixvae.distributions import graves_transform as gt
 
 @pytest.fixture
 def backend():
-    before = gt.get_backend()
-    yield gt.set_backend
-    gt.set_backend(before)
+    """``backend(name)`` chooses the backend for the rest of the test (a ``gt.backend`` block, left on teardown)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda name: stack.enter_context(gt.backend(name))
 
 
 def _problem(dtype, device="cpu", n=64, k=5, d=40, seed=0):
@@ -53,6 +56,50 @@ def test_eager_float32_matches_float64_reference(backend):
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="choose one of auto, native, compile, eager"):
         gt.set_backend("triton")
+    with pytest.raises(ValueError, match="choose one of auto, native, compile, eager"):
+        with gt.backend("triton"):
+            pass
+    p = [torch.randn(2, 3), torch.randn(2, 3, 4), torch.ones(2, 3, 4)]
+    with pytest.raises(ValueError, match=r"^unknown DiagGaussianMixture backend 'triton'; choose one of auto"):
+        DiagGaussianMixture(*p, backend="triton")
+
+
+def test_backend_is_chosen_per_distribution_and_per_block(monkeypatch):
+    """The argument beats the block, the block beats the process default; a distribution keeps its backend, so
+    its backward pass runs there even when called outside the block; nothing global changes."""
+    ran = []
+    original = gt.graves_vjp
+
+    def spy(grad_z, z, logits, loc, scale, block_size=gt.DEFAULT_BLOCK_SIZE, backend=None):
+        ran.append(backend)
+        return original(grad_z, z, logits, loc, scale, block_size, backend)
+
+    monkeypatch.setattr(gt, "graves_vjp", spy)
+    default = gt.get_backend()
+    p = [t.requires_grad_() for t in (torch.randn(3, 2), torch.randn(3, 2, 4), torch.rand(3, 2, 4).add(0.5))]
+    with gt.backend("eager"):
+        assert gt.get_backend() == "eager"
+        q_block = DiagGaussianMixture(*p)
+        q_arg = DiagGaussianMixture(*p, backend="native")
+    assert gt.get_backend() == default
+    for q in (q_block, q_arg, DiagGaussianMixture(*p)):
+        q.rsample().sum().backward()
+    assert ran == ["eager", "native", default]
+    assert q_block.expand((3,)).backend == "eager"
+
+
+def test_compiled_backend_keeps_the_users_validation_setting():
+    """torch.compile turns torch.distributions validation off for the whole process when a compiled frame runs
+    (dynamo's eval frame calls Distribution.set_default_validate_args(False)); after the compile backend ran, a
+    default DiagGaussianMixture must still refuse a negative scale."""
+    from torch.distributions import Distribution
+
+    assert Distribution._validate_args  # torch's default
+    p = [t.requires_grad_() for t in (torch.randn(4, 2), torch.randn(4, 2, 3), torch.rand(4, 2, 3).add(0.5))]
+    DiagGaussianMixture(*p, backend="compile").rsample().sum().backward()
+    assert Distribution._validate_args
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        DiagGaussianMixture(p[0], p[1], -p[2])
 
 
 @pytest.mark.cuda
@@ -166,9 +213,8 @@ def test_without_a_compiler_auto_falls_back_with_one_warning(tmp_path):
         "    for _ in range(2):\n"
         "        DiagGaussianMixture(*p).rsample().sum().backward()\n"
         "assert sum('C Graves kernel is unavailable' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
-        "gt.set_backend('native')\n"
         "try:\n"
-        "    DiagGaussianMixture(*p).rsample().sum().backward()\n"
+        "    DiagGaussianMixture(*p, backend='native').rsample().sum().backward()\n"
         "except native.NativeUnavailable as err:\n"
         "    print('ERR', err)\n"
     )
@@ -186,18 +232,67 @@ def test_native_build_is_cached_per_source(tmp_path, monkeypatch):
     assert native._build() == first  # a second call reuses the build
 
 
+@pytest.mark.parametrize("isa", list(native.ISA_FLAGS))
+@pytest.mark.parametrize("k,d,n", [(3, 21, 37), (10, 50, 40), (2, 1, 5), (4, 17, 16)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-10)])
-def test_native_portable_build_matches_reference(tmp_path, monkeypatch, dtype, tol):
-    """The kernel built without -march=native (the fallback when a compiler rejects it): no AVX-512, so the
-    transposes take the plain-loop path; 37 samples leave a partial group of lanes."""
-    monkeypatch.setenv("MIXVAE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(native, "_ARCH_FLAGS", [])
-    monkeypatch.setattr(native, "_state", {"lib": None, "error": None, "pool": None})
-    args = _problem(dtype, n=37, k=3, d=21, seed=5)
-    got = native.graves_vjp(*args)
+def test_every_kernel_path_this_machine_runs_matches_reference(isa, dtype, tol, k, d, n):
+    """Each kernel path (AVX-512: 16 float lanes, AVX2: 8, plain C: 4) built with its own flags, against the
+    float64 reference; n not a multiple of the lanes leaves a partial group, d not a multiple a partial tile."""
+    if isa not in native.runnable_isas():
+        pytest.skip(f"this CPU does not run the {isa} path (it runs {', '.join(native.runnable_isas())})")
+    args = _problem(dtype, n=n, k=k, d=d, seed=5 + k + d)
+    got = native.graves_vjp(*args, isa=isa)
+    assert native._load(isa).isa == isa  # the flags gave the path asked for
     ref = gt.graves_vjp_reference(*(t.double() for t in args))
     for a, b in zip(got, ref):
-        assert torch.allclose(a.double(), b, rtol=tol, atol=tol), (a.double() - b).abs().max()
+        assert torch.allclose(a.double(), b, rtol=tol, atol=tol), (isa, (a.double() - b).abs().max())
+
+
+def test_isa_detection_and_override(monkeypatch):
+    assert native.detect_isa() == native.runnable_isas()[0]
+    assert native.runnable_isas()[-1] == "plain"  # every machine runs the portable path
+    monkeypatch.setenv("MIXVAE_GRAVES_ISA", "plain")
+    assert native.detect_isa() == "plain"
+    monkeypatch.setenv("MIXVAE_GRAVES_ISA", "sse9")
+    with pytest.raises(ValueError, match=r"^MIXVAE_GRAVES_ISA='sse9' is not a kernel path; choose one of"):
+        native.detect_isa()
+    monkeypatch.setattr(native.platform, "machine", lambda: "aarch64")
+    monkeypatch.delenv("MIXVAE_GRAVES_ISA")
+    assert native.detect_isa() == "plain"  # no x86 flags are ever passed to another architecture's compiler
+
+
+def test_flags_a_compiler_rejects_fall_back_to_the_plain_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(native.ISA_FLAGS, "avx2", ["-mno-such-flag-anywhere"])
+    monkeypatch.setattr(native, "_state", {"libs": {}, "errors": {}, "pool": None})
+    assert native._load("avx2").isa == "plain"
+
+
+_AARCH64_CC, _QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+
+
+@pytest.mark.skipif(not (_AARCH64_CC and _QEMU), reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 "
+                    "(apt-get install gcc-aarch64-linux-gnu qemu-user)")
+def test_plain_path_builds_and_runs_on_aarch64(tmp_path):
+    """The plain path cross-compiled for aarch64 with native.py's flags (no -march), run under qemu: a small C
+    driver compares its float32 and float64 gradients with the float64 reference computed here."""
+    args = _problem(torch.float64, n=19, k=3, d=9, seed=3)
+    ref = gt.graves_vjp_reference(*args)
+    data = tmp_path / "data.bin"
+    np_args = [t.contiguous().numpy() for t in (*args, *ref)]
+    with open(data, "wb") as fh:
+        for a in np_args:
+            fh.write(a.tobytes())
+    driver = Path(__file__).with_name("aarch64_driver.c")
+    exe = tmp_path / "driver"
+    flags = [f for f in native._FLAGS if f != "-shared"]  # the library's flags, linked into a program instead
+    cmd = [_AARCH64_CC, *flags, *native.ISA_FLAGS["plain"], "-static", f"-DKERNEL=\"{native.SOURCE}\"", str(driver), "-o", str(exe), "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run([_QEMU, str(exe), str(data), "19", "3", "9"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    fields = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert fields["isa"] == "plain"
+    assert float(fields["f64_max_error"]) < 1e-10 and float(fields["f32_max_error"]) < 2e-4, out.stdout
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

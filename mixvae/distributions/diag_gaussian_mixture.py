@@ -11,6 +11,7 @@ from mixvae.distributions import graves_transform as gt
 from mixvae.distributions import native
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _broadcast_shapes(*shapes, what: str):
@@ -32,6 +33,13 @@ def _broadcast_shapes(*shapes, what: str):
     return torch.Size(out)
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tensor:
+    """``t`` in ``dtype``, expanded to ``shape`` (no op when it already is both)."""
+    if t.dtype is not dtype:
+        t = t.to(dtype)
+    return t if t.shape == shape else t.expand(shape)
+
+
 def _conditional_cdf(value, logits, loc, scale):
     """u_d = F_d(value_d | value_<d), ``[..., D]``; stable in both tails (see graves_transform)."""
     x, _, log_w = gt.log_conditional_weights(value, logits, loc, scale)  # [..., K, D]
@@ -50,7 +58,10 @@ class DiagGaussianMixture(Distribution):
         scale: ``[*batch, K, D]`` component standard deviations (> 0).
         validate_args: check shapes and values, raising a one-line ``ValueError`` naming the argument
             (None: torch's global default, see ``torch.distributions.Distribution.set_default_validate_args``).
-        block_size: dimensions per triangular solve in the Graves backward pass.
+        block_size: dimensions per triangular solve in the Graves backward pass (the PyTorch backends).
+        backend: how the Graves backward pass runs: "auto" (the C kernel for CPU float32/float64, torch.compile
+            elsewhere), "native", "compile" or "eager"; None: the innermost ``graves_transform.backend(...)``
+            block, else the process default ($MIXVAE_GRAVES_BACKEND, else "auto"). Fixed at construction.
 
     The three parameter tensors broadcast against each other; ``batch_shape`` is the broadcast ``[*batch]`` and
     ``event_shape`` is ``(D,)``.
@@ -58,6 +69,7 @@ class DiagGaussianMixture(Distribution):
     ``rsample`` draws exactly (component index, then Gaussian) and differentiates with Graves' transform:
     the gradient holds the distributional transform u = F(z) fixed (``shared/docs/estimators.md`` section 1),
     in O(K D) time and memory per sample. With K = 1 it is exactly ``Normal(loc, scale).rsample``.
+    float16 and bfloat16 parameters are sampled and differentiated in float32 (see :meth:`rsample`).
     """
 
     arg_constraints = {
@@ -68,7 +80,8 @@ class DiagGaussianMixture(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, logits, loc, scale, validate_args=None, block_size: int = gt.DEFAULT_BLOCK_SIZE):
+    def __init__(self, logits, loc, scale, validate_args=None, block_size: int = gt.DEFAULT_BLOCK_SIZE,
+                 backend: str | None = None):
         validate = Distribution._validate_args if validate_args is None else bool(validate_args)
         for name, value, min_dim in (("logits", logits, 1), ("loc", loc, 2), ("scale", scale, 2)):
             if not isinstance(value, torch.Tensor):
@@ -78,36 +91,58 @@ class DiagGaussianMixture(Distribution):
                 raise ValueError(
                     f"DiagGaussianMixture: {name} must have shape {shape}, got {tuple(value.shape)}"
                 )
-        kd = _broadcast_shapes(loc.shape[-2:], scale.shape[-2:], what="loc and scale")
-        k = _broadcast_shapes(logits.shape[-1:], kd[:1], what="the component axes (K) of logits and loc/scale")[0]
-        batch_shape = _broadcast_shapes(
-            logits.shape[:-1], loc.shape[:-2], scale.shape[:-2], what="the batch shapes of logits, loc and scale"
-        )
-        if validate:
-            self._check_values(logits, loc, scale)
-        dtype = torch.promote_types(torch.promote_types(logits.dtype, loc.dtype), scale.dtype)
+        # the backend is fixed here, so the backward pass runs where the caller chose whenever it is called
+        self.backend = gt.get_backend() if backend is None else gt.check_backend(backend, "DiagGaussianMixture backend")
+        ls, ms, ss = logits.shape, loc.shape, scale.shape
+        if ms == ss and ls == ms[:-1]:  # the common case, without the general broadcast
+            k, d, batch_shape = ms[-2], ms[-1], ls[:-1]
+        else:
+            kd = _broadcast_shapes(ms[-2:], ss[-2:], what="loc and scale")
+            k = _broadcast_shapes(ls[-1:], kd[:1], what="the component axes (K) of logits and loc/scale")[0]
+            d = kd[1]
+            batch_shape = _broadcast_shapes(ls[:-1], ms[:-2], ss[:-2],
+                                            what="the batch shapes of logits, loc and scale")
+        dtype = logits.dtype
+        if loc.dtype is not dtype or scale.dtype is not dtype:
+            dtype = torch.promote_types(torch.promote_types(dtype, loc.dtype), scale.dtype)
         if not dtype.is_floating_point:
             raise ValueError(f"DiagGaussianMixture: parameters must be floating point, got {dtype}")
-        self.logits = logits.to(dtype).expand(*batch_shape, k)
-        self.loc = loc.to(dtype).expand(*batch_shape, k, kd[1])
-        self.scale = scale.to(dtype).expand(*batch_shape, k, kd[1])
+        if validate:
+            self._check_values(logits, loc, scale)
+        self.logits = _as(logits, dtype, (*batch_shape, k))
+        self.loc = _as(loc, dtype, (*batch_shape, k, d))
+        self.scale = _as(scale, dtype, (*batch_shape, k, d))
         self.block_size = int(block_size)
-        super().__init__(batch_shape, torch.Size([kd[1]]), validate_args=False)
+        # Distribution.__init__ without its argument checks (done above) and its per-call overhead
+        self._batch_shape, self._event_shape = torch.Size(batch_shape), torch.Size((d,))
         self._validate_args = validate  # validate samples passed to log_prob as the user asked
 
     @staticmethod
     def _check_values(logits, loc, scale):
-        # One host sync per check: validation is for debugging and user code, not the training hot path.
-        if torch.isnan(logits).any() or (logits == math.inf).any():
-            raise ValueError("DiagGaussianMixture: logits contain NaN or +inf (use finite values; -inf masks a component)")
-        if torch.isneginf(logits).all(-1).any():
-            raise ValueError("DiagGaussianMixture: every logit of some mixture is -inf (at least one must be finite)")
-        if not torch.isfinite(loc).all():
-            raise ValueError("DiagGaussianMixture: loc contains NaN or inf")
-        if not torch.isfinite(scale).all():
-            raise ValueError("DiagGaussianMixture: scale contains NaN or inf")
-        if not (scale > 0).all():
-            raise ValueError("DiagGaussianMixture: scale must be > 0 (use softplus or exp of a network output)")
+        """A one-line ValueError naming the first invalid argument. On CPU one vectorised C pass over each
+        parameter (native.check); elsewhere a few reductions, with one host sync each."""
+        if (native.supports(loc) and logits.dtype is loc.dtype is scale.dtype and logits.is_contiguous()
+                and loc.is_contiguous() and scale.is_contiguous() and native.available()):
+            bad = native.check(logits, loc, scale)
+            if not bad:
+                return
+            flags = [bool(bad & bit) for bit in native.CHECK_BITS]
+        else:
+            flags = [bool(torch.isnan(logits).any() or (logits == math.inf).any()),
+                     bool(torch.isneginf(logits).all(-1).any()),
+                     not bool(torch.isfinite(loc).all()),
+                     not bool(torch.isfinite(scale).all()),
+                     not bool((scale > 0).all())]
+        messages = (
+            "logits contain NaN or +inf (use finite values; -inf masks a component)",
+            "every logit of some mixture is -inf (at least one must be finite)",
+            "loc contains NaN or inf",
+            "scale contains NaN or inf",
+            "scale must be > 0 (use softplus or exp of a network output)",
+        )
+        for flag, message in zip(flags, messages):
+            if flag:
+                raise ValueError(f"DiagGaussianMixture: {message}")
 
     # ---- accessors -------------------------------------------------------------------------------------------
     @property
@@ -146,7 +181,7 @@ class DiagGaussianMixture(Distribution):
         new.logits = self.logits.expand(*batch_shape, k)
         new.loc = self.loc.expand(*batch_shape, k, d)
         new.scale = self.scale.expand(*batch_shape, k, d)
-        new.block_size = self.block_size
+        new.block_size, new.backend = self.block_size, self.backend
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -166,7 +201,7 @@ class DiagGaussianMixture(Distribution):
         lead = u.shape
         logits = self.logits.detach().expand(*lead, k).reshape(-1, k)
         flat_u = u.detach().reshape(-1)
-        if gt.use_native(logits):
+        if gt.use_native(logits, self.backend):
             return native.sample_index(logits, flat_u).reshape(lead)
         with torch.no_grad():
             weights = (logits - logits.amax(-1, keepdim=True)).exp()
@@ -187,27 +222,33 @@ class DiagGaussianMixture(Distribution):
         return torch.gather(loc, -2, gather).squeeze(-2) + torch.gather(scale, -2, gather).squeeze(-2) * eps
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        """Exact sample ``[*sample_shape, *batch, D]`` with Graves' pathwise gradient to logits, loc and scale."""
+        """Exact sample ``[*sample_shape, *batch, D]`` with Graves' pathwise gradient to logits, loc and scale.
+
+        float16 / bfloat16 parameters are sampled and differentiated in float32 (the backward pass needs the
+        range and digits); the sample and the gradients come back in the parameters' dtype."""
+        if self.loc.dtype in _LOW_PRECISION:
+            return self._in_float32().rsample(sample_shape).to(self.loc.dtype)
         shape = self._extended_shape(sample_shape)  # [*S, *batch, D]
-        k, d = self.num_components, self.event_shape[0]
-        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        loc, scale, logits = self.loc, self.scale, self.logits
+        k, d = loc.shape[-2], shape[-1]
+        eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
         if k == 1:  # the Gaussian reparameterization, bit for bit
-            return self.loc[..., 0, :] + self.scale[..., 0, :] * eps
+            return loc[..., 0, :] + scale[..., 0, :] * eps
         index = self.sample_index(sample_shape)  # one uniform per draw, after the noise
-        if not (torch.is_grad_enabled() and (self.logits.requires_grad or self.loc.requires_grad
-                                              or self.scale.requires_grad)):
+        if not (torch.is_grad_enabled() and (logits.requires_grad or loc.requires_grad or scale.requires_grad)):
             return self.rsample_component(index, eps).detach()
         lead = index.shape
         n = lead.numel()
-        z = gt.GravesSample.apply(
-            self.logits.expand(*lead, k).reshape(n, k),
-            self.loc.expand(*lead, k, d).reshape(n, k, d),
-            self.scale.expand(*lead, k, d).reshape(n, k, d),
-            index.reshape(n),
-            eps.reshape(n, d),
-            self.block_size,
-        )
+        if lead != logits.shape[:-1]:  # sample axes: the parameters broadcast against them
+            logits, loc, scale = logits.expand(*lead, k), loc.expand(*lead, k, d), scale.expand(*lead, k, d)
+        z = gt.GravesSample.apply(logits.reshape(n, k), loc.reshape(n, k, d), scale.reshape(n, k, d),
+                                  index.reshape(n), eps.reshape(n, d), self.block_size, self.backend)
         return z.reshape(shape)
+
+    def _in_float32(self) -> DiagGaussianMixture:
+        """The same distribution with float32 parameters (differentiable casts), already validated."""
+        return DiagGaussianMixture(self.logits.float(), self.loc.float(), self.scale.float(), validate_args=False,
+                                   block_size=self.block_size, backend=self.backend)
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():

@@ -2,11 +2,17 @@
  *
  * The same algorithm and numerics as graves_transform.py (read its module docstring first): per sample, the
  * coefficients r, chat, s, x over [K, D], then one backward sweep over d carrying C_k, which also gives the
- * parameter gradients. The lanes of the vectors are samples: V samples (one 64-byte vector of `real`) are worked
- * on together, their inputs transposed into a lane layout [K, D, V] a V x V tile at a time (AVX-512 shuffles where
- * the compiler targets it, a plain loop otherwise), so that every loop over (k, d) is whole-vector arithmetic: the
- * reductions over k and the running sums over d are element-wise, no scalar remainders whatever K and D are, and
- * the sequential sweep runs V samples per instruction.
+ * parameter gradients. The lanes of the vectors are samples: V samples (one vector register of `real`) are worked
+ * on together, their inputs transposed into a lane layout [K, D, V] a V x V tile at a time, so that every loop over
+ * (k, d) is whole-vector arithmetic: the reductions over k and the running sums over d are element-wise, no scalar
+ * remainders whatever K and D are, and the sequential sweep runs V samples per instruction.
+ *
+ * The vector width is chosen when the file is compiled, from what the compiler targets (native.py passes the flags
+ * of the ISA it detected; graves_isa() names the path that was built):
+ *   avx512  __AVX512F__: 64-byte vectors (16 floats), the tiles transposed by AVX-512 shuffles;
+ *   avx2    __AVX2__:    32-byte vectors (8 floats), AVX2 shuffles;
+ *   plain   otherwise:   16-byte "vectors" (4 floats) in portable C, plain-loop transposes. Any C99 compiler builds
+ *                        it (aarch64 and others: the compiler maps the lane loops to NEON/SSE2 where it can).
  *
  * Loaded by mixvae/distributions/native.py, which compiles this file with the system C compiler on first use and
  * calls it through ctypes. The kernel is written once for a floating type `real` (this file includes itself) and
@@ -18,6 +24,20 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__AVX512F__)
+#define GRAVES_ISA "avx512"
+#define VECTOR_BYTES 64
+#elif defined(__AVX2__)
+#define GRAVES_ISA "avx2"
+#define VECTOR_BYTES 32
+#else
+#define GRAVES_ISA "plain"
+#define VECTOR_BYTES 16
+#endif
+
+/* The path this build took (see the top of the file). */
+const char *graves_isa(void) { return GRAVES_ISA; }
+
 #define HALF_LOG_2PI 0.91893853320467274178
 #define SQRT_HALF_PI 1.25331413731550025121
 #define INV_SQRT2 0.70710678118654752440
@@ -26,6 +46,13 @@
 
 static inline float bits_to_float(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t float_to_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+
+/* x rounded to the nearest integer (ties to even, as rintf in the default rounding mode) for |x| < 2^22, by adding
+ * and removing 1.5 * 2^23: no call to libm where the target lacks a rounding instruction (SSE2, the plain path). */
+static inline float round_f32(float x) {
+    const float magic = 12582912.0f;
+    return (x + magic) - magic;
+}
 
 /* exp(r) for |r| <= ln2 / 2 by its Taylor series to r^7 / 7! (truncation < 6e-9 relative, below float's half
  * ulp). */
@@ -44,7 +71,7 @@ static inline float exp_taylor_f32(float r) {
 static inline float exp_f32(float x) {
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    float n = rintf(xc * 1.44269504088896341f);
+    float n = round_f32(xc * 1.44269504088896341f);
     float r = (xc - n * ln2_hi) - n * ln2_lo;
     float p = exp_taylor_f32(r);
     int big = n > 127.0f; /* 2^128 overflows: use 2 * 2^127 */
@@ -60,7 +87,7 @@ static inline float exp_f32(float x) {
 static inline float expneg_f32(float x) {
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     float xc = x < -87.3f ? -87.3f : x;
-    float n = rintf(xc * 1.44269504088896341f);
+    float n = round_f32(xc * 1.44269504088896341f);
     float r = (xc - n * ln2_hi) - n * ln2_lo;
     float y = exp_taylor_f32(r) * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
     y = x < -87.3f ? 0.0f : y;
@@ -164,20 +191,60 @@ static inline void transpose16_f32(__m512 r[16]) {
         r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
     }
 }
-static inline void tile16_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst) {
+static inline void tile16_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst,
+                                 int64_t stride) {
     const __mmask16 mask = (__mmask16)((1u << m) - 1);
     __m512 r[16];
     for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_ps(mask, rows[j] + off);
     transpose16_f32(r);
-    for (int c = 0; c < m; ++c) _mm512_storeu_ps(dst + 16 * c, r[c]);
+    for (int c = 0; c < m; ++c) _mm512_storeu_ps(dst + stride * c, r[c]);
 }
-static inline void tile16_out_f32(const float *restrict src, int64_t m, int64_t lanes, float *const *rows,
-                                  int64_t off) {
+static inline void tile16_out_f32(const float *restrict src, int64_t stride, int64_t m, int64_t lanes,
+                                  float *const *rows, int64_t off) {
     const __mmask16 mask = (__mmask16)((1u << m) - 1);
     __m512 r[16];
-    for (int c = 0; c < 16; ++c) r[c] = c < m ? _mm512_loadu_ps(src + 16 * c) : _mm512_setzero_ps();
+    for (int c = 0; c < 16; ++c) r[c] = c < m ? _mm512_loadu_ps(src + stride * c) : _mm512_setzero_ps();
     transpose16_f32(r);
     for (int j = 0; j < lanes; ++j) _mm512_mask_storeu_ps(rows[j] + off, mask, r[j]);
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+/* float with AVX2: 8 rows x m <= 8 columns in 8 registers, transposed by unpacks, shuffles and lane swaps. */
+static inline void transpose8_f32(__m256 r[8]) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+        s[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+        s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int c = 0; c < 4; ++c) {
+        r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+        r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+    }
+}
+static inline __m256i mask8(int64_t m) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline void tile8_in_f32(const float *const *rows, int64_t off, int64_t m, float *restrict dst,
+                                int64_t stride) {
+    const __m256i mask = mask8(m);
+    __m256 r[8];
+    for (int j = 0; j < 8; ++j) r[j] = _mm256_maskload_ps(rows[j] + off, mask);
+    transpose8_f32(r);
+    for (int c = 0; c < m; ++c) _mm256_storeu_ps(dst + stride * c, r[c]);
+}
+static inline void tile8_out_f32(const float *restrict src, int64_t stride, int64_t m, int64_t lanes,
+                                 float *const *rows, int64_t off) {
+    const __m256i mask = mask8(m);
+    __m256 r[8];
+    for (int c = 0; c < 8; ++c) r[c] = c < m ? _mm256_loadu_ps(src + stride * c) : _mm256_setzero_ps();
+    transpose8_f32(r);
+    for (int j = 0; j < lanes; ++j) _mm256_maskstore_ps(rows[j] + off, mask, r[j]);
 }
 #endif
 
@@ -194,6 +261,9 @@ static inline void tile16_out_f32(const float *restrict src, int64_t m, int64_t 
 #if defined(__AVX512F__)
 #define TILE_IN tile16_in_f32
 #define TILE_OUT tile16_out_f32
+#elif defined(__AVX2__)
+#define TILE_IN tile8_in_f32
+#define TILE_OUT tile8_out_f32
 #endif
 #include __FILE__
 #undef real
@@ -214,15 +284,18 @@ static inline void tile16_out_f32(const float *restrict src, int64_t m, int64_t 
 
 #else /* GRAVES_BODY: the kernel for one type */
 
-/* Lanes are samples: a group of V samples (one 64-byte vector of `real`) is worked on together, each (k, d) entry
+/* Lanes are samples: a group of V samples (one vector of `real`, VECTOR_BYTES wide) is worked on together, each (k, d) entry
  * of the group stored as V consecutive values, one per sample. Every loop below has the lane loop innermost with
  * a fixed trip count, so the compiler turns it into whole-vector operations: the reductions over k and the running
  * sums over d become element-wise (no horizontal sums, no scalar remainders whatever K and D are), and the sweep
  * is vectorised across samples. The group's inputs are transposed in (and its gradients out) once. */
-#define V ((int64_t)(64 / sizeof(real)))
+#define V ((int64_t)(VECTOR_BYTES / sizeof(real)))
 #define LANES _Pragma("GCC unroll 1") _Pragma("GCC ivdep") for (int64_t j = 0; j < V; ++j)
 
-/* Scratch, in units of `real`: seven [K, D, V] arrays, two [D, V], eight [K, V]. */
+/* Scratch, in units of `real`: seven [D, K, V] arrays, two [D, V], eight [K, V]. d outermost (a sample's rows are
+ * [K, D]: the gather and scatter transpose): the loops over k at one d, in both passes, then read and write every
+ * array contiguously (in [K, D, V] those accesses lie D V apart, a few kilobytes, and the streams contend for the
+ * same cache sets). */
 int64_t FN(scratch)(int64_t K, int64_t D) { return (7 * K * D + 2 * D + 8 * K) * V; }
 
 typedef struct {
@@ -276,12 +349,12 @@ static void FN(coefficients)(int64_t K, int64_t D, FN(work) w, const real *next_
          * which cancels in every ratio), the unnormalised log r, and its maximum over k */
         LANES mx[j] = -INFINITY;
         for (int64_t k = 0; k < K; ++k) {
-            const int64_t i = (k * D + d) * V;
+            const int64_t p = (d * K + k) * V;
             LANES {
-                real iv = (real)1 / SG[i + j], x = (zd[j] - MU[i + j]) * iv;
-                X[i + j] = x;
-                INV[i + j] = iv;
-                real b = B[k * V + j] + ((real)-0.5 * x * x - LOGPOS(SG[i + j]));
+                real iv = (real)1 / SG[p + j], x = (zd[j] - MU[p + j]) * iv;
+                X[p + j] = x;
+                INV[p + j] = iv;
+                real b = B[k * V + j] + ((real)-0.5 * x * x - LOGPOS(SG[p + j]));
                 B[k * V + j] = b;
                 mx[j] = b > mx[j] ? b : mx[j];
             }
@@ -303,11 +376,11 @@ static void FN(coefficients)(int64_t K, int64_t D, FN(work) w, const real *next_
         }
         /* r = E / sum, w_kd = r_k,d-1, w / f, and the side test */
         for (int64_t k = 0; k < K; ++k) {
-            const int64_t i = (k * D + d) * V;
+            const int64_t p = (d * K + k) * V;
             LANES {
-                real r = E[k * V + j] * is[j], wn = RP[k * V + j], x = X[i + j];
+                real r = E[k * V + j] * is[j], wn = RP[k * V + j], x = X[p + j];
                 RP[k * V + j] = r;
-                R[i + j] = r;
+                R[p + j] = r;
                 W[k * V + j] = wn;
                 WF[k * V + j] = wn > 0 ? wn * invf[j] : 0; /* 0 * inf (f underflowed, w negligible) is 0 */
                 lsum[j] += wn * (x / (1 + (x < 0 ? -x : x))); /* crude side test: u_d < 1/2 roughly */
@@ -315,21 +388,21 @@ static void FN(coefficients)(int64_t K, int64_t D, FN(work) w, const real *next_
         }
         /* the tail form whose terms are small (see _tail_coefficients): w T / f = r sigma R(|x|) */
         for (int64_t k = 0; k < K; ++k) {
-            const int64_t i = (k * D + d) * V;
+            const int64_t p = (d * K + k) * V;
             LANES {
-                real x = X[i + j], t = x < 0 ? -x : x;
-                real small = R[i + j] * SG[i + j] * MILLS(t);
+                real x = X[p + j], t = x < 0 ? -x : x;
+                real small = R[p + j] * SG[p + j] * MILLS(t);
                 real tail = ((lsum[j] < 0) == (x < 0)) ? small : WF[k * V + j] - small;
                 CT[k * V + j] = tail;
                 tsum[j] += tail;
-                S[i + j] = -x * INV[i + j];
+                S[p + j] = -x * INV[p + j];
             }
         }
         for (int64_t k = 0; k < K; ++k) {
-            const int64_t i = (k * D + d) * V;
+            const int64_t p = (d * K + k) * V;
             LANES {
                 real wt = W[k * V + j] * tsum[j];
-                CH[i + j] = lsum[j] < 0 ? CT[k * V + j] - wt : wt - CT[k * V + j];
+                CH[p + j] = lsum[j] < 0 ? CT[k * V + j] - wt : wt - CT[k * V + j];
             }
         }
     }
@@ -346,16 +419,16 @@ static void FN(sweep)(int64_t K, int64_t D, FN(work) w) {
     for (int64_t d = D - 1; d >= 0; --d) {
         LANES v[j] = GZ[d * V + j];
         for (int64_t k = 0; k < K; ++k) {
-            const int64_t i = (k * D + d) * V;
-            LANES v[j] -= S[i + j] * C[k * V + j];
+            const int64_t p = (d * K + k) * V;
+            LANES v[j] -= S[p + j] * C[k * V + j];
         }
         for (int64_t k = 0; k < K; ++k) {
-            const int64_t i = (k * D + d) * V;
+            const int64_t p = (d * K + k) * V;
             LANES {
-                real c = C[k * V + j], vr = v[j] * R[i + j], x = X[i + j];
-                GM[i + j] = vr + c * S[i + j];
-                GS[i + j] = vr * x - c * (x * x - 1) * INV[i + j];
-                C[k * V + j] = c + v[j] * CH[i + j];
+                real c = C[k * V + j], vr = v[j] * R[p + j], x = X[p + j];
+                GM[p + j] = vr + c * S[p + j];
+                GS[p + j] = vr * x - c * (x * x - 1) * INV[p + j];
+                C[k * V + j] = c + v[j] * CH[p + j];
             }
         }
     }
@@ -402,28 +475,81 @@ int64_t FN(compose)(int64_t N, int64_t K, int64_t D, const real *loc, const real
     return bad;
 }
 
-/* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time:
- * dst[c * V + j] = rows[j][off + c] for c < m <= V, and back (AVX-512 shuffles for float where the compiler targets
- * them, these plain loops otherwise). */
-static inline void FN(tile_in)(const real *const *rows, int64_t off, int64_t m, real *restrict dst) {
-    for (int64_t j = 0; j < V; ++j)
-        for (int64_t c = 0; c < m; ++c) dst[c * V + j] = rows[j][off + c];
+/* DiagGaussianMixture's argument checks, one pass over each parameter and vectorised (x - x is 0 for a finite x and
+ * NaN otherwise; the running minimum finds a scale <= 0). Returns a set of bits: 1 a logit is NaN or +inf, 2 every
+ * logit of some row is -inf (or NaN), 4 loc holds an inf or NaN, 8 scale does, 16 some scale is <= 0. */
+static int64_t FN(check_values)(int64_t n, const real *p, int positive) {
+    real acc[V], mn[V], tail = 0, low = INFINITY;
+    LANES { acc[j] = 0; mn[j] = INFINITY; }
+    int64_t i = 0;
+    for (; i + V <= n; i += V)
+        LANES {
+            const real x = p[i + j];
+            acc[j] += x - x;
+            mn[j] = x < mn[j] ? x : mn[j];
+        }
+    for (; i < n; ++i) {
+        tail += p[i] - p[i];
+        low = p[i] < low ? p[i] : low;
+    }
+    LANES { tail += acc[j]; low = mn[j] < low ? mn[j] : low; }
+    return (tail != 0 ? 1 : 0) | (positive && !(low > 0) ? 2 : 0);
 }
-static inline void FN(tile_out)(const real *restrict src, int64_t m, int64_t lanes, real *const *rows, int64_t off) {
+
+int64_t FN(check)(int64_t rows, int64_t K, const real *logits, int64_t n_loc, const real *loc, int64_t n_scale,
+                  const real *scale) {
+    int64_t bad = 0;
+    for (int64_t n = 0; n < rows; ++n) {
+        real mx = -INFINITY;
+        for (int64_t k = 0; k < K; ++k) {
+            const real x = logits[n * K + k];
+            bad |= (x != x || x == INFINITY) ? 1 : 0;
+            mx = x > mx ? x : mx;
+        }
+        bad |= mx == -INFINITY ? 2 : 0;
+    }
+    bad |= FN(check_values)(n_loc, loc, 0) & 1 ? 4 : 0;
+    const int64_t s = FN(check_values)(n_scale, scale, 1);
+    return bad | (s & 1 ? 8 : 0) | (s & 2 ? 16 : 0);
+}
+
+/* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time:
+ * dst[c * stride + j] = rows[j][off + c] for c < m <= V, and back (AVX-512 / AVX2 shuffles for float where the
+ * compiler targets them, these plain loops otherwise). */
+static inline void FN(tile_in)(const real *const *rows, int64_t off, int64_t m, real *restrict dst, int64_t stride) {
+    for (int64_t j = 0; j < V; ++j)
+        for (int64_t c = 0; c < m; ++c) dst[c * stride + j] = rows[j][off + c];
+}
+static inline void FN(tile_out)(const real *restrict src, int64_t stride, int64_t m, int64_t lanes, real *const *rows,
+                                int64_t off) {
     for (int64_t j = 0; j < lanes; ++j)
-        for (int64_t c = 0; c < m; ++c) rows[j][off + c] = src[c * V + j];
+        for (int64_t c = 0; c < m; ++c) rows[j][off + c] = src[c * stride + j];
 }
 #ifndef TILE_IN
 #define TILE_IN FN(tile_in)
 #define TILE_OUT FN(tile_out)
 #endif
 
+/* rows [n] per sample -> dst [n, V] */
 static void FN(gather)(const real *const *rows, int64_t n, real *restrict dst) {
-    for (int64_t i0 = 0; i0 < n; i0 += V) TILE_IN(rows, i0, n - i0 < V ? n - i0 : V, dst + i0 * V);
+    for (int64_t i0 = 0; i0 < n; i0 += V) TILE_IN(rows, i0, n - i0 < V ? n - i0 : V, dst + i0 * V, V);
 }
 
 static void FN(scatter)(const real *restrict src, int64_t n, int64_t lanes, real *const *rows) {
-    for (int64_t i0 = 0; i0 < n; i0 += V) TILE_OUT(src + i0 * V, n - i0 < V ? n - i0 : V, lanes, rows, i0);
+    for (int64_t i0 = 0; i0 < n; i0 += V) TILE_OUT(src + i0 * V, V, n - i0 < V ? n - i0 : V, lanes, rows, i0);
+}
+
+/* rows [K, D] per sample -> dst [D, K, V] (the kernel's layout), and back */
+static void FN(gather_kd)(const real *const *rows, int64_t K, int64_t D, real *restrict dst) {
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t d0 = 0; d0 < D; d0 += V)
+            TILE_IN(rows, k * D + d0, D - d0 < V ? D - d0 : V, dst + (d0 * K + k) * V, K * V);
+}
+
+static void FN(scatter_kd)(const real *restrict src, int64_t K, int64_t D, int64_t lanes, real *const *rows) {
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t d0 = 0; d0 < D; d0 += V)
+            TILE_OUT(src + (d0 * K + k) * V, K * V, D - d0 < V ? D - d0 : V, lanes, rows, k * D + d0);
 }
 
 /* dL/d(logits, loc, scale) of samples n0 .. n1-1, V at a time. A last, partial group fills its spare lanes with
@@ -441,8 +567,8 @@ void FN(vjp)(int64_t n0, int64_t n1, int64_t K, int64_t D, const real *grad_z, c
             rows[0][j] = loc + m * KD; rows[1][j] = scale + m * KD; rows[2][j] = z + m * D;
             rows[3][j] = grad_z + m * D; rows[4][j] = logits + m * K;
         }
-        FN(gather)(rows[0], KD, w.MU);
-        FN(gather)(rows[1], KD, w.SG);
+        FN(gather_kd)(rows[0], K, D, w.MU);
+        FN(gather_kd)(rows[1], K, D, w.SG);
         FN(gather)(rows[2], D, w.Z);
         FN(gather)(rows[3], D, w.GZ);
         FN(gather)(rows[4], K, w.L);
@@ -455,8 +581,8 @@ void FN(vjp)(int64_t n0, int64_t n1, int64_t K, int64_t D, const real *grad_z, c
             out[0][j] = grad_loc + m * KD; out[1][j] = grad_scale + m * KD; out[2][j] = grad_logits + m * K;
         }
         for (int64_t i = 0; i < K * V; ++i) w.C[i] = -w.C[i]; /* dL/dl_k = -sum_d v'_d chat_kd */
-        FN(scatter)(w.MU, KD, lanes, out[0]);
-        FN(scatter)(w.SG, KD, lanes, out[1]);
+        FN(scatter_kd)(w.MU, K, D, lanes, out[0]);
+        FN(scatter_kd)(w.SG, K, D, lanes, out[1]);
         FN(scatter)(w.C, K, lanes, out[2]);
     }
 }

@@ -34,6 +34,8 @@ Three implementations of the backward pass are kept:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import warnings
@@ -41,6 +43,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.distributions import Distribution
 
 from mixvae.distributions import native
 
@@ -143,38 +146,98 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
     return grad_logits, grad_loc, grad_scale
 
 
-# ---- backends ---------------------------------------------------------------------------------------------------
+# ---- backends ----------------------------------------------------------------------------------------------------
 # "native" (the default on CPU): the whole backward pass in C (graves_native.c via native.py), vectorised across
-# samples (16 float32 samples in the lanes of one vector): the coefficients one dimension at a time, then the sweep
-# back over the dimensions, O(K) per step; several times faster than the compiled graphs below. Built with the
-# system C compiler on first use (about a second).
+# samples (one vector register of samples: 16 float32 with AVX-512, 8 with AVX2): the coefficients one dimension at a
+# time, then the sweep back over the dimensions, O(K) per step; several times faster than the compiled graphs below.
+# Built with the system C compiler on first use (about a second).
 # "compile": the elementwise work over [N, K, D] (about 25 passes in eager mode) fused by torch.compile; the path
 # for CUDA. For small problems with one or two blocks (a VAE's batch: N K D of a few 10^4) the whole backward
 # compiles into one graph; otherwise only the coefficients and the final gradients are compiled, since a whole
 # graph then recomputes the coefficients inside every block (scripts/bench_rsample.py measured both).
 # "eager": plain PyTorch, the blocked sweep below. "auto" takes native for CPU tensors, compile elsewhere, and
 # falls back (with one warning) to eager when compiling fails, e.g. without a C++ compiler.
+#
+# Choosing one: DiagGaussianMixture(..., backend=NAME) for one distribution; ``with backend(NAME):`` for the
+# distributions made inside the block (a context variable: per thread and per asyncio task, restored on exit);
+# otherwise the process default, $MIXVAE_GRAVES_BACKEND or "auto" (set_backend changes it; the training loop's
+# graves_backend key does). A distribution keeps the backend it was made with, so its backward pass runs there
+# wherever .backward() is called.
 _WHOLE_GRAPH_MAX_ELEMENTS = 1 << 17
 BACKENDS = ("auto", "native", "compile", "eager")
 _state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": {}, "failed": False,
           "native_warned": False}
+_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("mixvae_graves_backend", default=None)
+
+
+def check_backend(name, what: str = "Graves backend") -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    """``with backend("eager"): ...``: distributions made inside the block run their Graves backward pass on
+    ``name`` ("auto", "native", "compile" or "eager"); the previous choice returns on exit."""
+    token = _scoped.set(check_backend(name))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
 
 
 def set_backend(name: str) -> None:
-    """Choose how the Graves backward pass runs: "auto" (native C on CPU, compiled elsewhere, eager if those
-    fail), "native", "compile" or "eager"."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown Graves backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    _state["backend"] = name
+    """Set the process default backend (what distributions made outside any :func:`backend` block, with no
+    ``backend=`` argument, use): "auto" (native C on CPU, compiled elsewhere, eager if those fail), "native",
+    "compile" or "eager"."""
+    _state["backend"] = check_backend(name)
 
 
 def get_backend() -> str:
-    return _state["backend"]
+    """The backend a distribution made here and now would use (the innermost :func:`backend` block, else the
+    process default)."""
+    name = _scoped.get() or _state["backend"]
+    if name not in BACKENDS:
+        raise ValueError(
+            f"MIXVAE_GRAVES_BACKEND={name!r} is not a Graves backend; choose one of {', '.join(BACKENDS)}"
+        )
+    return name
+
+
+def describe_backend(name: str | None = None) -> str:
+    """``name`` (default :func:`get_backend`) with what runs for CPU tensors, e.g. "auto (CPU: native C, avx512)"
+    (for summary.json and the benchmarks)."""
+    name = name or get_backend()
+    if name in ("auto", "native") and native.available():
+        return f"{name} (CPU: native C, {native.isa()})"
+    if name == "auto":
+        return "auto (CPU: compile; the C kernel is unavailable)"
+    return name
+
+
+@contextlib.contextmanager
+def _keep_validation():
+    validate = Distribution._validate_args
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(validate)
 
 
 def _compiled(fn):
+    """``torch.compile(fn)``, keeping the user's torch.distributions validation setting: dynamo turns it off for
+    the whole process (``Distribution.set_default_validate_args(False)``, in its one-time set-up on the first
+    torch.compile and its first compiled call), after which invalid parameters would pass silently."""
     if fn not in _state["compiled"]:
-        _state["compiled"][fn] = torch.compile(fn, dynamic=None)
+        with _keep_validation():
+            compiled = torch.compile(fn, dynamic=None)
+
+        def call(*args, **kwargs):
+            with _keep_validation():
+                return compiled(*args, **kwargs)
+
+        _state["compiled"][fn] = call
     return _state["compiled"][fn]
 
 
@@ -185,7 +248,7 @@ def _use_native(backend: str, loc: torch.Tensor) -> bool:
         if backend == "native":
             raise native.NativeUnavailable(
                 f"the native Graves backend runs on CPU float32/float64 tensors, not {loc.device} {loc.dtype}; "
-                "use set_backend('auto')")
+                "use backend='auto'")
         return False
     if native.available():
         return True
@@ -198,13 +261,13 @@ def _use_native(backend: str, loc: torch.Tensor) -> bool:
     return False
 
 
-def use_native(t: torch.Tensor) -> bool:
-    """Whether the current backend runs tensors like ``t`` through the C kernel."""
-    return _use_native(_state["backend"], t)
+def use_native(t: torch.Tensor, backend: str | None = None) -> bool:
+    """Whether ``backend`` (default :func:`get_backend`) runs tensors like ``t`` through the C kernel."""
+    return _use_native(backend or get_backend(), t)
 
 
-def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SIZE):
-    """dL/d(logits, loc, scale) given dL/dz, on the current backend.
+def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SIZE, backend: str | None = None):
+    """dL/d(logits, loc, scale) given dL/dz, on ``backend`` (default :func:`get_backend`).
 
     Args:
         grad_z, z: ``[N, D]``; logits ``[N, K]``; loc, scale ``[N, K, D]``.
@@ -214,11 +277,7 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
     Returns:
         ``(grad_logits [N, K], grad_loc [N, K, D], grad_scale [N, K, D])``.
     """
-    backend = _state["backend"]
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"MIXVAE_GRAVES_BACKEND={backend!r} is not a Graves backend; choose one of {', '.join(BACKENDS)}"
-        )
+    backend = check_backend(backend) if backend else get_backend()
     if _use_native(backend, loc):
         return native.graves_vjp(grad_z, z, logits, loc, scale)
     args = (grad_z, z, logits, loc, scale, block_size)
@@ -284,24 +343,26 @@ class GravesSample(torch.autograd.Function):
     """z = loc[k] + scale[k] * eps forward; Graves' implicit-reparameterization gradient backward.
 
     Inputs: logits ``[N, K]``, loc and scale ``[N, K, D]``, the drawn component index ``[N]`` (int64) and the
-    standard normal noise ``[N, D]``. Output z ``[N, D]``. The gradient with respect to the index and noise is
-    None: they are the sample's randomness, held fixed (as u is) while the parameters move.
+    standard normal noise ``[N, D]``, the block size and the backend (None: :func:`get_backend`). Output z
+    ``[N, D]``. The gradient with respect to the index and noise is None: they are the sample's randomness, held
+    fixed (as u is) while the parameters move.
     """
 
     @staticmethod
-    def forward(ctx, logits, loc, scale, index, eps, block_size):
-        if _use_native(_state["backend"], loc):
+    def forward(ctx, logits, loc, scale, index, eps, block_size, backend=None):
+        backend = backend or get_backend()
+        if _use_native(backend, loc):
             z = native.compose(loc, scale, index, eps)
         else:
             rows = torch.arange(index.shape[0], device=index.device)
             z = loc[rows, index] + scale[rows, index] * eps  # [N, D]
         ctx.save_for_backward(z, logits, loc, scale)
-        ctx.block_size = block_size
+        ctx.block_size, ctx.backend = block_size, backend
         return z
 
     @staticmethod
     @once_differentiable  # Graves' transform has no second derivative here: z's graph is the fixed-index one
     def backward(ctx, grad_z):
         z, logits, loc, scale = ctx.saved_tensors
-        grads = graves_vjp(grad_z, z, logits, loc, scale, ctx.block_size)
-        return (*grads, None, None, None)
+        grads = graves_vjp(grad_z, z, logits, loc, scale, ctx.block_size, ctx.backend)
+        return (*grads, None, None, None, None)

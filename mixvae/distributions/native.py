@@ -2,10 +2,15 @@
 
 The C file is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into
 a cache directory (``$MIXVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mixvae`` or ``~/.cache/mixvae``), keyed by the
-source, the compiler, the flags and the CPU (the build uses ``-march=native``), so a shared home directory on
-machines with different CPUs keeps one build each; when that folder cannot be written, the temp directory
-serves. No PyTorch headers are involved: the build takes about a
-second. Without a compiler :func:`available` is False and says why; the PyTorch backends then run instead.
+source, the compiler and the flags; when that folder cannot be written, the temp directory serves. No PyTorch
+headers are involved: the build takes about a second. Without a compiler :func:`available` is False and says why;
+the PyTorch backends then run instead.
+
+Kernel paths (:data:`ISA_FLAGS`): the vector ISA is detected at run time (:func:`detect_isa`: torch's cpuinfo probe,
+on x86-64 only) and the file is compiled with that ISA's flags, never ``-march=native`` (which not every compiler or
+architecture accepts): ``avx512`` (16 float lanes), ``avx2`` (8 lanes, with FMA) or ``plain`` (portable C, 4 lanes,
+what any C compiler builds, aarch64 included). ``$MIXVAE_GRAVES_ISA`` forces a path; :func:`isa` names the one
+loaded. A path whose flags the compiler rejects falls back to ``plain``.
 
 ctypes releases the GIL during the call, so large batches are split over ``torch.get_num_threads()`` threads.
 Large gradient buffers are reused across calls once nothing refers to them (:func:`_output`), so a training loop
@@ -33,12 +38,19 @@ import torch
 
 SOURCE = Path(__file__).resolve().with_name("graves_native.c")  # absolute: the file includes itself
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-_ARCH_FLAGS = ["-march=native"]
+#: Compiler flags of each kernel path; graves_native.c takes its vector width from what the compiler targets.
+ISA_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma",
+               "-mprefer-vector-width=512"],  # gcc otherwise splits the lane loops in two 256-bit halves on some
+    "avx2": ["-mavx2", "-mfma"],
+    "plain": [],
+}
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 #: Batches with fewer (sample x component x dimension) elements than this run on one thread.
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 _lock = threading.Lock()
-_state: dict = {"lib": None, "error": None, "pool": None}
+_state: dict = {"libs": {}, "errors": {}, "pool": None}
 
 
 class NativeUnavailable(RuntimeError):
@@ -60,36 +72,44 @@ def _compiler() -> str:
     raise NativeUnavailable("no C compiler found (set $CC or install gcc)")
 
 
-def _cpu_signature() -> str:
+def detect_isa() -> str:
+    """The fastest kernel path this CPU runs: ``$MIXVAE_GRAVES_ISA`` when set, else ``avx512``/``avx2`` from
+    ``torch.backends.cpu.get_cpu_capability()`` (cpuinfo, read at run time) on x86-64, else ``plain``."""
+    forced = os.environ.get("MIXVAE_GRAVES_ISA")
+    if forced:
+        if forced not in ISA_FLAGS:
+            raise ValueError(f"MIXVAE_GRAVES_ISA={forced!r} is not a kernel path; choose one of {', '.join(ISA_FLAGS)}")
+        return forced
+    if platform.machine().lower() not in _X86:
+        return "plain"
     try:
-        with open("/proc/cpuinfo") as f:
-            lines = [line for line in f if line.startswith(("model name", "flags"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() + platform.machine()
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # an old or unusual torch build: the portable path is always safe
+        return "plain"
+    return {"AVX512": "avx512", "AVX2": "avx2"}.get(capability, "plain")
 
 
-def _build() -> Path:
+def runnable_isas() -> list[str]:
+    """The kernel paths this machine can run, fastest first (the detected one and every narrower one)."""
+    order = list(ISA_FLAGS)
+    return order[order.index(detect_isa()):]
+
+
+def _build(isa: str | None = None) -> Path:
+    """The shared library of kernel path ``isa`` (default: :func:`detect_isa`), compiled if not cached; the
+    ``plain`` path when the compiler rejects the ISA's flags."""
     cc = _compiler()
+    isa = isa or detect_isa()
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(_FLAGS + _ARCH_FLAGS).encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:16]
-    name = f"graves_native-{key}.so"
-    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"mixvae-{os.getuid() if hasattr(os, 'getuid') else 0}"):
-        if (folder / name).exists():
-            return folder / name
-        try:  # a read-only cache (e.g. a home directory mounted read-only on a cluster): the temp directory
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                break
-        except OSError:
-            continue
-    else:
-        raise NativeUnavailable(f"no writable folder for the C Graves kernel (tried {cache_dir()} and the temp "
-                                "directory); set $MIXVAE_CACHE_DIR")
-    target = folder / name
+    candidates = [ISA_FLAGS[isa]] + ([[]] if isa != "plain" else [])
+    folder = _writable_cache()
     errors = []
-    for arch in (_ARCH_FLAGS, []):  # -march=native is not known to every compiler/architecture
+    for arch in candidates:
+        key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(_FLAGS + arch).encode(),
+                                         platform.machine().encode()])).hexdigest()[:16]
+        target = folder / f"graves_native-{key}.so"
+        if target.exists():
+            return target
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         cmd = [cc, *_FLAGS, *arch, str(SOURCE), "-o", tmp, "-lm"]
@@ -102,32 +122,58 @@ def _build() -> Path:
     raise NativeUnavailable("building the C Graves kernel failed: " + " | ".join(errors))
 
 
-def _load():
-    if _state["lib"] is not None:
-        return _state["lib"]
-    if _state["error"] is not None:
-        raise NativeUnavailable(_state["error"])
+def _writable_cache() -> Path:
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"mixvae-{os.getuid() if hasattr(os, 'getuid') else 0}"):
+        try:  # a read-only cache (e.g. a home directory mounted read-only on a cluster): the temp directory
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise NativeUnavailable(f"no writable folder for the C Graves kernel (tried {cache_dir()} and the temp "
+                            "directory); set $MIXVAE_CACHE_DIR")
+
+
+_SIGNATURES = {  # name -> (argument types, result type); each exists as name_f32 and name_f64
+    "vjp": ([ctypes.c_int64] * 4 + [ctypes.c_void_p] * 9, None),
+    "scratch": ([ctypes.c_int64] * 2, ctypes.c_int64),
+    "sample_index": ([ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3, None),
+    "compose": ([ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5, ctypes.c_int64),
+    "check": ([ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+               ctypes.c_void_p], ctypes.c_int64),
+}
+
+
+class _Library:
+    """A loaded build: ``fns[(name, dtype)]`` are its C functions, ``isa`` the path it was compiled for."""
+
+    def __init__(self, path: Path):
+        self.cdll = ctypes.CDLL(str(path))
+        self.cdll.graves_isa.restype = ctypes.c_char_p
+        self.isa = self.cdll.graves_isa().decode()
+        self.fns = {}
+        for name, (argtypes, restype) in _SIGNATURES.items():
+            for suffix, dtype in (("f32", torch.float32), ("f64", torch.float64)):
+                fn = getattr(self.cdll, f"graves_{name}_{suffix}")
+                fn.argtypes, fn.restype = argtypes, restype
+                self.fns[(name, dtype)] = fn
+
+
+def _load(isa: str | None = None) -> _Library:
+    """The kernel of path ``isa`` (default: the detected one), built and loaded once per process."""
+    key = isa or "default"
+    lib = _state["libs"].get(key)
+    if lib is not None:
+        return lib
+    if key in _state["errors"]:
+        raise NativeUnavailable(_state["errors"][key])
     with _lock:
-        if _state["lib"] is None and _state["error"] is None:
+        if key not in _state["libs"] and key not in _state["errors"]:
             try:
-                lib = ctypes.CDLL(str(_build()))
-                for suffix in ("f32", "f64"):
-                    fn = getattr(lib, f"graves_vjp_{suffix}")
-                    fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 9
-                    fn.restype = None
-                    size = getattr(lib, f"graves_scratch_{suffix}")
-                    size.argtypes = [ctypes.c_int64, ctypes.c_int64]
-                    size.restype = ctypes.c_int64
-                    draw = getattr(lib, f"graves_sample_index_{suffix}")
-                    draw.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
-                    draw.restype = None
-                    compose = getattr(lib, f"graves_compose_{suffix}")
-                    compose.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
-                    compose.restype = ctypes.c_int64
-                _state["lib"] = lib
-            except (NativeUnavailable, OSError) as err:
-                _state["error"] = str(err)
-    return _load()
+                _state["libs"][key] = _Library(_build(isa))
+            except (NativeUnavailable, OSError, ValueError) as err:
+                _state["errors"][key] = str(err)
+    return _load(isa)
 
 
 def available() -> bool:
@@ -140,7 +186,12 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str | None:
-    return None if available() else _state["error"]
+    return None if available() else _state["errors"].get("default")
+
+
+def isa() -> str | None:
+    """The kernel path loaded by default (``avx512``, ``avx2`` or ``plain``), None when the kernel is unavailable."""
+    return _load().isa if available() else None
 
 
 def supports(t: torch.Tensor) -> bool:
@@ -148,18 +199,25 @@ def supports(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
-def _suffix(t: torch.Tensor) -> str:
+def _check_type(t: torch.Tensor) -> None:
     if not supports(t):
         raise NativeUnavailable(f"the C Graves kernel runs on CPU float32/float64, not {t.device} {t.dtype}")
-    return "f32" if t.dtype == torch.float32 else "f64"
+
+
+def _ready(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a contiguous tensor of ``dtype`` (no copy, and no op at all, when it already is one)."""
+    if t.dtype is not dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def sample_index(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Component indices ``[N]`` (int64) from logits ``[N, K]`` and uniforms ``u [N]``: the inverse CDF, as
     ``DiagGaussianMixture.index_from_uniform``."""
-    fn = getattr(_load(), f"graves_sample_index_{_suffix(logits)}")
+    _check_type(logits)
+    fn = _load().fns[("sample_index", logits.dtype)]
     n, k = logits.shape
-    logits, u = logits.detach().contiguous(), u.to(logits.dtype).contiguous()
+    logits, u = _ready(logits.detach(), logits.dtype), _ready(u.detach(), logits.dtype)
     index = torch.empty(n, dtype=torch.int64)
     fn(n, k, logits.data_ptr(), u.data_ptr(), index.data_ptr())
     return index
@@ -167,36 +225,55 @@ def sample_index(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def compose(loc: torch.Tensor, scale: torch.Tensor, index: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z = loc[n, index[n]] + scale[n, index[n]] * eps[n]: ``[N, D]`` from loc, scale ``[N, K, D]``."""
-    fn = getattr(_load(), f"graves_compose_{_suffix(loc)}")
+    _check_type(loc)
+    dtype = loc.dtype
+    fn = _load().fns[("compose", dtype)]
     n, k, d = loc.shape
-    loc, scale = loc.detach().contiguous(), scale.detach().to(loc.dtype).contiguous()
-    index, eps = index.to(torch.int64).contiguous(), eps.to(loc.dtype).contiguous()
-    z = torch.empty(n, d, dtype=loc.dtype)
+    loc, scale = _ready(loc.detach(), dtype), _ready(scale.detach(), dtype)
+    index, eps = _ready(index, torch.int64), _ready(eps, dtype)
+    z = torch.empty(n, d, dtype=dtype)
     if fn(n, k, d, loc.data_ptr(), scale.data_ptr(), index.data_ptr(), eps.data_ptr(), z.data_ptr()):
         raise IndexError(f"component index out of range [0, {k})")
     return z
 
 
-def graves_vjp(grad_z, z, logits, loc, scale):
+#: check() bits, in the order DiagGaussianMixture reports them.
+CHECK_BITS = (1, 2, 4, 8, 16)
+
+
+def check(logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> int:
+    """DiagGaussianMixture's value checks in one vectorised pass over each parameter (CPU, one dtype, contiguous;
+    logits ``[..., K]``): a set of bits, 1 a logit NaN or +inf, 2 a row of logits all -inf, 4 loc not finite,
+    8 scale not finite, 16 a scale <= 0. 0 when every value is valid."""
+    dtype = loc.dtype
+    fn = _load().fns[("check", dtype)]
+    k = logits.shape[-1]
+    return fn(logits.numel() // max(k, 1), k, logits.data_ptr(), loc.numel(), loc.data_ptr(), scale.numel(),
+              scale.data_ptr())
+
+
+def graves_vjp(grad_z, z, logits, loc, scale, isa: str | None = None):
     """dL/d(logits, loc, scale) from dL/dz: the same contract as ``graves_transform.graves_vjp`` (no blocks:
-    the C sweep takes one dimension at a time, O(K) per step, for 16 float32 or 8 float64 samples at once).
-    CPU float32/float64 only."""
-    lib, suffix = _load(), _suffix(loc)
+    the C sweep takes one dimension at a time, O(K) per step, for one vector of samples at once). CPU
+    float32/float64 only; ``isa`` picks a kernel path (default: the detected one, see :func:`detect_isa`)."""
+    _check_type(loc)
+    lib = _load(isa)
     n, k, d = loc.shape
     dtype = loc.dtype
-    fn = getattr(lib, f"graves_vjp_{suffix}")
-    scratch_size = getattr(lib, f"graves_scratch_{suffix}")(k, d)
-    inputs = [t.detach().to(dtype).contiguous() for t in (grad_z, z, logits, loc, scale)]
+    fn = lib.fns[("vjp", dtype)]
+    scratch_size = lib.fns[("scratch", dtype)](k, d)
+    inputs = [_ready(t, dtype) for t in (grad_z, z, logits, loc, scale)]
     grad_logits = torch.empty(n, k, dtype=dtype)
     grad_loc = _output((n, k, d), dtype)
     grad_scale = _output((n, k, d), dtype)
     pointers = [t.data_ptr() for t in (*inputs, grad_logits, grad_loc, grad_scale)]
     threads = min(torch.get_num_threads(), n) if n * k * d >= PARALLEL_MIN_ELEMENTS else 1
-    scratch = _scratch(threads * scratch_size, dtype).view(threads, scratch_size)
+    scratch = _scratch(threads * scratch_size, dtype)
     if threads == 1:
         fn(0, n, k, d, *pointers, scratch.data_ptr())
     else:
-        # whole groups of 16 samples (the kernel's lanes) per thread, the remainder with the last
+        # whole groups of 16 samples (a multiple of every path's lanes) per thread, the remainder with the last
+        scratch = scratch.view(threads, scratch_size)
         bounds = [min(n, (n * i // threads + 15) // 16 * 16) if i < threads else n for i in range(threads + 1)]
         pool = _pool(threads)
         jobs = [pool.submit(fn, bounds[i], bounds[i + 1], k, d, *pointers, scratch[i].data_ptr())

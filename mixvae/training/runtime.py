@@ -118,7 +118,7 @@ def hardware(device: torch.device) -> dict:
         "processor": platform.processor() or None,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "graves_backend": graves_transform.get_backend(),
+        "graves_backend": graves_transform.describe_backend(),  # the name, and the kernel path run on CPU
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
