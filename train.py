@@ -5,7 +5,8 @@
     python train.py estimator=vimco train.objective=iwae train.num_samples=5
     python train.py -m estimator=graves,vimco,gumbel_softmax dataset=mnist,omniglot seed=0,1,2
 
-Bad input (an unknown option value, K < 1, vimco with S = 1, missing data files) is reported as one line on
+Bad input (an unknown option value or key, an out-of-range number, vimco with S = 1, missing or damaged data
+files, an unavailable device, a read-only run directory, a damaged checkpoint) is reported as one line on
 stderr with exit code 2; a NaN/inf loss or gradient with exit code 3. HYDRA_FULL_ERROR=1 shows tracebacks.
 """
 
@@ -20,6 +21,17 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "mixvae" / "configs"  # groups that ship with the package
+
+
+def group_dir(group: str) -> Path | None:
+    """The folder of a config group, in configs/ or in the package's configs (Hydra's search path)."""
+    return next((d / group for d in (CONFIGS, PACKAGE_CONFIGS) if group and (d / group).is_dir()), None)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def check_group_choices(argv: list[str]) -> None:
@@ -33,14 +45,82 @@ def check_group_choices(argv: list[str]) -> None:
         group = key.lstrip("+~")
         if not sep or group.startswith("hydra") or not re.fullmatch(r"[\w\-]+(,[\w\-]+)*", value):
             continue
-        folder = CONFIGS / group
-        if not folder.is_dir():
+        folder = group_dir(group)
+        if folder is None:
             continue
         options = sorted(p.stem for p in folder.glob("*.yaml"))
         for name in value.split(","):
             if name not in options:
-                print(f"error: unknown {group} {name!r}; available: {', '.join(options)}", file=sys.stderr)
-                sys.exit(2)
+                fail(f"unknown {group} {name!r}; available: {', '.join(options)}")
+
+
+def _load_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    return node if isinstance(node, dict) else {}
+
+
+def _option_keys(group: str, option: str) -> set[str] | None:
+    """The keys option ``option`` of ``group`` defines (its own, its same-group defaults', its subgroups)."""
+    folder = group_dir(group)
+    if folder is None or not (folder / f"{option}.yaml").exists():
+        return None
+    node = _load_yaml(folder / f"{option}.yaml")
+    keys = set(node) - {"defaults"}
+    for entry in node.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            inherited = _option_keys(group, entry)
+            if inherited is None:
+                return None
+            keys |= inherited
+        elif isinstance(entry, dict):
+            keys |= {k.removeprefix("override ").strip("/").split("/")[0].split("@")[0] for k in entry}
+    return keys
+
+
+def check_override_keys(argv: list[str]) -> None:
+    """Exit with one line for ``node.key=value`` (no ``+``) where the node has no such key.
+
+    Hydra reports it as several lines ("Key 'nonsense' is not in struct", full_key, object_type); here the line
+    names the option and lists its keys. Only plain cases are checked (the option is the one named on the
+    command line or the primary config's default); anything an experiment may change is left to Hydra.
+    """
+    primary = _load_yaml(CONFIGS / "config.yaml")
+    defaults = {k: v for entry in primary.get("defaults") or [] if isinstance(entry, dict) for k, v in entry.items()}
+    chosen = dict(arg.partition("=")[::2] for arg in argv if "=" in arg and not arg.startswith(("+", "~")))
+    if any(arg.lstrip("+").startswith("experiment") for arg in argv):
+        return  # an experiment may choose other options and set more keys
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        node, _, leaf = key.partition(".")
+        if not sep or not leaf or arg.startswith(("+", "~")) or node == "hydra" or "/" in key or "@" in key:
+            continue
+        leaf = leaf.split(".")[0].split("[")[0]
+        if group_dir(node) is not None:
+            option = chosen.get(node, defaults.get(node))
+            if not isinstance(option, str) or "," in option:
+                continue
+            keys, what = _option_keys(node, option), f"{node} {option!r}"
+        elif isinstance(primary.get(node), dict):
+            keys, what = set(primary[node]), node
+        else:
+            continue
+        if keys is not None and leaf not in keys:
+            shown = sorted(k for k in keys if not k.startswith("_"))
+            fail(f"{node}.{leaf} is not a key of {what} (its keys: {', '.join(shown)}); "
+                 f"+{key}={value} adds a new one")
+
+
+def check_run_dir(argv: list[str]) -> None:
+    """Exit with one line when the run directory cannot be written (Hydra's log set-up would raise first)."""
+    from mixvae.data.download import writable_dir
+
+    dirs = [arg.partition("=")[2] for arg in argv if arg.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for d in dirs or [os.getcwd()]:
+        if "${" not in d and not writable_dir(Path(d).expanduser()):
+            fail(f"the run directory {d} is not writable; make it writable, or choose another with "
+                 "hydra.run.dir=DIR (hydra.sweep.dir=DIR for a sweep)")
 
 
 def _format(value) -> str:
@@ -68,4 +148,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:])
+    check_override_keys(sys.argv[1:])
+    check_run_dir(sys.argv[1:])
     main()

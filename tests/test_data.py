@@ -268,6 +268,59 @@ def test_corrupt_file_one_line_error(fresh_root, corrupt):
     assert str(path) in assert_one_line(err)
 
 
+def test_missing_files_message_names_the_config_keys(tmp_path, offline):
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", root=tmp_path / "empty", download=False)
+    message = assert_one_line(err)
+    assert "dataset.root" in message and "dataset.download=true" in message
+    assert "data.root" not in message.replace("dataset.root", "") and "download=True" not in message
+
+
+@pytest.fixture(scope="module")
+def canonical_sized_root(tmp_path_factory) -> Path:
+    """Fixture files with the canonical image counts of MNIST's and binarized MNIST's 10,000-image files (so
+    they are verified) but generated pixels: well-formed files whose content is not the published one."""
+    root = tmp_path_factory.mktemp("canonical")
+    rng = np.random.default_rng(0)
+    from mixvae.data.fixtures import write_binarized_mnist, write_mnist
+
+    write_mnist(root, 60, 10_000, rng)
+    write_binarized_mnist(root, 60, 10_000, rng)
+    return root
+
+
+@pytest.mark.parametrize("name,stem", [("mnist", "t10k-images-idx3-ubyte"),
+                                       ("binarized_mnist", "binarized_mnist_valid.amat")])
+def test_canonical_file_with_other_pixels_is_refused_unless_verify_false(canonical_sized_root, name, stem):
+    with pytest.raises(DataError) as err:
+        load_dataset(name, root=canonical_sized_root, download=False)
+    message = assert_one_line(err)
+    assert stem in message and "does not match the canonical file" in message and "dataset.verify=false" in message
+    ds = load_dataset(name, root=canonical_sized_root, download=False, verify=False)
+    assert ds.sizes()["test"] == 10_000
+
+
+def test_binarized_digest_ignores_spelling_and_order_not_pixels():
+    rng = np.random.default_rng(1)
+    images = (rng.random((50, 784)) < 0.3).astype(np.uint8)
+    digest = binarized_mnist_module.image_digest(images)
+    assert binarized_mnist_module.image_digest(images[::-1]) == digest
+    flipped = images.copy()
+    flipped[7, 100] ^= 1
+    assert binarized_mnist_module.image_digest(flipped) != digest
+
+
+def test_omniglot_zip_digest_checked_only_for_the_full_set(tmp_path):
+    path = tmp_path / "images_evaluation.zip"
+    path.write_bytes(b"x")
+    other = {"0" * 64, "1" * 32}
+    omniglot_module._check_zips([path], {path: other}, n_images=100)  # a fixture-sized set: not checked
+    with pytest.raises(DataError, match=r"images_evaluation.zip does not match the canonical file"):
+        omniglot_module._check_zips([path], {path: other}, n_images=13_180)
+    original = {"6b91aef0f799c5bb55b94e3f2daec811", "0" * 64}  # torchvision's MD5 of the original zip
+    omniglot_module._check_zips([path], {path: original}, n_images=13_180)
+
+
 # ----------------------------------------------------------------------------------------------------- omniglot
 
 

@@ -95,7 +95,10 @@ def test_every_experiment_smoke_runs(config, tmp_path, name):
     assert summary["status"] == "completed" and math.isfinite(summary["metrics"]["test/elbo"])
 
 
-@pytest.mark.parametrize("estimator", sorted(p.stem for p in (CONFIGS / "estimator").glob("*.yaml")))
+ESTIMATORS = CONFIGS / "estimator" if (CONFIGS / "estimator").is_dir() else CONFIGS.parent / "mixvae/configs/estimator"
+
+
+@pytest.mark.parametrize("estimator", sorted(p.stem for p in ESTIMATORS.glob("*.yaml")))
 def test_every_estimator_trains_the_vae(config, tmp_path, estimator):
     cfg = config(f"estimator={estimator}", "train.objective=iwae", "train.num_samples=2", "train.epochs=1",
                  "eval.every=0")
@@ -212,6 +215,44 @@ def test_config_errors_are_one_line(config, tmp_path):
         Trainer(config("graves_backend=triton"), tmp_path)
 
 
+OUT_OF_RANGE = [
+    ("train.grad_clip=-1", r"^train.grad_clip must be a number > 0 or null .*got -1$"),
+    ("train.grad_clip=0", r"^train.grad_clip must be a number > 0 or null"),
+    ("train.max_batches=0", r"^train.max_batches must be an integer >= 1 or null"),
+    ("train.max_batches=-3", r"^train.max_batches must be an integer >= 1 or null"),
+    ("train.stop_after=0", r"^train.stop_after must be an integer >= 1 or null"),
+    ("eval.every=-1", r"^eval.every must be an integer >= 0"),
+    ("eval.patience=0", r"^eval.patience must be an integer >= 1 or null"),
+    ("eval.max_batches=0", r"^eval.max_batches must be an integer >= 1 or null"),
+    ("dataset.valid_size=-5", r"^dataset.valid_size must be an integer >= 0 or null"),
+    ("dataset.valid_size=100000", r"^dataset.valid_size: .*leaves no training images.*smaller dataset.valid_size"),
+    ("optim.lr=abc", r"^optim.lr must be a number >= 0, got 'abc'$"),
+    ("optim.lr=-0.1", r"^optim.lr must be a number >= 0"),
+    ("optim.betas=[0.9,1.5]", r"^optim.betas\[1\] must be a number in \[0, 1\)"),
+    ("optim.eps=-1", r"^optim.eps must be a number >= 0"),
+    ("seed=-1", r"^seed must be an integer in \[0, 4294967296\)"),
+    ("threads=0", r"^threads must be an integer >= 1 or null"),
+    ("model.hidden=[16,0]", r"^model.hidden\[1\] must be an integer >= 1"),
+    ("model.min_scale=0", r"^model.min_scale must be a number > 0"),
+]
+
+
+@pytest.mark.parametrize("override,message", OUT_OF_RANGE, ids=[o for o, _ in OUT_OF_RANGE])
+def test_out_of_range_values_are_one_line_config_errors(config, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        Trainer(config(override), tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_option_values_and_keys_name_the_key(config, tmp_path):
+    with pytest.raises(ConfigError, match=r"^estimator.temperature must be a number \(default 1.0\), got 'abc'$"):
+        Trainer(config("estimator=gumbel_softmax", "estimator.temperature=abc"), tmp_path)
+    with pytest.raises(ConfigError, match=r"^estimator.nonsense is not an option of .*; its options: .*temperature"):
+        Trainer(config("estimator=gumbel_softmax", "+estimator.nonsense=1"), tmp_path)
+    with pytest.raises(ConfigError, match=r"^model.encoder_top_linear must be true or false, got 'yes'"):
+        Trainer(config("model.encoder_top_linear=yes"), tmp_path)
+
+
 def test_graves_backend_key_selects_the_backend(config, tmp_path):
     from mixvae.distributions import graves_transform as gt
 
@@ -258,6 +299,30 @@ def test_wandb_failure_warns_and_training_continues(config, tmp_path, wandb_env,
         summary = train(config("logger=wandb"), tmp_path)
     assert summary["status"] == "completed"
     assert any("no W&B today" in str(w.message) for w in caught)
+
+
+def test_wandb_online_without_network_logs_offline(config, tmp_path, wandb_env, monkeypatch):
+    """logger.mode=online with no network: a short check, one warning, and an offline run to sync later."""
+    import wandb
+
+    from mixvae.training import wandb_run
+
+    monkeypatch.setattr(wandb_run, "reachable", lambda url, timeout=None: False, raising=False)
+    init, modes = wandb.init, []
+
+    def offline_machine(*args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        if kwargs.get("mode") == "online":  # what wandb does here: wait ~90 s, then train without a record
+            raise RuntimeError("no network")
+        return init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", offline_machine)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(config("logger=wandb", "logger.mode=online"), tmp_path / "run")
+    assert summary["status"] == "completed" and modes == ["offline"]
+    assert [str(w.message) for w in caught if "logging offline" in str(w.message)]
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
 
 
 def test_summary_names_no_machine_folders(config, tmp_path, monkeypatch, data_root):

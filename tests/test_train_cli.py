@@ -46,7 +46,19 @@ BAD_INPUTS = [
     (["train.num_samples=0"], "train.num_samples must be an integer >= 1"),
     (["estimator=vimco", "train.objective=iwae", "train.num_samples=1"], "vimco' needs num_samples >= 2"),
     (["dataset.root=no_such_dir"], "mnist: missing"),
+    (["dataset.root=no_such_dir"], "set MIXVAE_DATA_DIR or dataset.root to a folder"),
     (["graves_backend=triton"], "graves_backend must be one of auto, native, compile, eager"),
+    (["train.grad_clip=-1"], "train.grad_clip must be a number > 0 or null"),
+    (["train.max_batches=0"], "train.max_batches must be an integer >= 1 or null"),
+    (["eval.every=-1"], "eval.every must be an integer >= 0"),
+    (["dataset.valid_size=100000"], "dataset.valid_size: mnist: valid_size=100000 leaves no training images"),
+    (["optim.lr=abc"], "optim.lr must be a number >= 0, got 'abc'"),
+    (["estimator=gumbel_softmax", "estimator.temperature=abc"], "estimator.temperature must be a number"),
+    (["estimator.nonsense=1"], "estimator.nonsense is not a key of estimator 'graves' (its keys: context_dim)"),
+    (["+estimator.nonsense=1"], "estimator.nonsense is not an option of mixvae.estimators"),
+    (["train.nonsense=1"], "train.nonsense is not a key of train"),
+    (["device=tpu"], "device=tpu is not a device torch knows"),
+    (["device=cuda:7"], "device=cuda:7 "),
 ]
 
 
@@ -58,6 +70,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_root, args, message):
     assert "Traceback" not in res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_read_only_run_dir_is_one_line_and_exit_2(tmp_path, data_root):
+    parent = tmp_path / "read_only"
+    parent.mkdir()
+    parent.chmod(0o555)  # no write bit: read-only for the check even when the tests run as root
+    try:
+        res = run_train([*TINY, f"dataset.root={data_root}", "logger=none", f"hydra.run.dir={parent / 'run'}"],
+                        tmp_path)
+    finally:
+        parent.chmod(0o755)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is not writable" in lines[0] and "hydra.run.dir=" in lines[0], res.stderr
 
 
 def test_cli_run_prints_test_metrics_and_writes_run_dir(tmp_path, data_root):
@@ -100,7 +126,7 @@ def test_joblib_multirun_of_two_jobs(tmp_path, data_root):
 def test_killed_process_resumes_to_the_uninterrupted_metrics(tmp_path, data_root):
     """SIGKILL a real run after its first checkpoint, rerun the same command: same metrics as a straight run."""
     args = [*TINY, f"dataset.root={data_root}", "logger=none", "train.epochs=4", "train.max_batches=30",
-            "train.batch_size=8", "train.log_every=5"]
+            "train.batch_size=8", "train.log_every=5", "schedule=cosine", "schedule.warmup_epochs=1"]
     assert run_train([*args, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path).returncode == 0
 
     run_dir = tmp_path / "killed"
