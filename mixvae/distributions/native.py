@@ -141,6 +141,7 @@ _SIGNATURES = {  # name -> (argument types, result type); each exists as name_f3
     "compose": ([ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5, ctypes.c_int64),
     "check": ([ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                ctypes.c_void_p], ctypes.c_int64),
+    "bernoulli": ([ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3, None),
 }
 
 
@@ -250,6 +251,21 @@ def check(logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> int:
     k = logits.shape[-1]
     return fn(logits.numel() // max(k, 1), k, logits.data_ptr(), loc.numel(), loc.data_ptr(), scale.numel(),
               scale.data_ptr())
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_i x_i a_i - softplus(a_i) per row in one C pass (no gradient; for evaluation): logits a ``[R, dim]``,
+    x ``[B, dim]`` with R a multiple of B, row r of a paired with row r % B of x (samples-major rows, as
+    ``z.reshape(S * B, D)`` gives) -> ``[R]``. CPU float32/float64."""
+    _check_type(logits)
+    dtype = logits.dtype
+    rows, dim = logits.shape
+    logits, x = _ready(logits.detach(), dtype), _ready(x.detach(), dtype)
+    if x.shape[-1] != dim or rows % x.shape[0]:
+        raise ValueError(f"bernoulli_log_prob: logits {tuple(logits.shape)} do not pair with x {tuple(x.shape)}")
+    out = torch.empty(rows, dtype=dtype)
+    _load().fns[("bernoulli", dtype)](rows, x.shape[0], dim, logits.data_ptr(), x.data_ptr(), out.data_ptr())
+    return out
 
 
 def graves_vjp(grad_z, z, logits, loc, scale, isa: str | None = None):
