@@ -8,14 +8,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import mixvae.configs
 from mixvae.training import validate_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ["dataset", "model", "estimator", "optim", "logger"]
+SEARCH_PATH = [CONFIGS, Path(mixvae.configs.__file__).parent]  # the repository's, then the package's groups
+GROUPS = ["dataset", "model", "model/posterior", "model/prior", "model/decoder", "estimator", "optim", "logger"]
 
 
 def options(group):
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    return sorted(p.stem for root in SEARCH_PATH for p in (root / group).glob("*.yaml"))
 
 
 def experiments():
@@ -59,6 +61,7 @@ def test_primary_config_has_no_experiment_key_and_expected_defaults():
 def test_gaussian_model_is_the_mixture_model_with_one_component():
     gauss, mix = composed(["model=gaussian_mlp"]).model, composed(["model=mixture_mlp"]).model
     assert gauss.num_components == 1
+    gauss, mix = OmegaConf.to_container(gauss), OmegaConf.to_container(mix)
     assert {k: v for k, v in gauss.items() if k != "num_components"} == \
         {k: v for k, v in mix.items() if k != "num_components"}
 

@@ -199,7 +199,7 @@ def iwae_quadrature(problem: Problem, S: int, n: int = 12):
 
 def stratified_quadrature(problem: Problem, S: int, n: int = 12):
     """E log sum_k pi_k (1/S) sum_s exp f(mu_k + sigma_k eps_s), eps_s iid N(0, I) shared by the k
-    (estimators.md section 2, the objective enumerate optimizes under objective="iwae")."""
+    (the objective enumerate optimizes under objective="iwae", see mixvae/estimators/enumerate.py)."""
     D = problem.loc.shape[-1]
     nodes, weights = _gauss_hermite(n, S * D)
     eps = nodes.reshape(-1, S, D)  # [N, S, D]
@@ -283,11 +283,11 @@ def test_num_samples_one_and_two_shapes_and_output(name, options, S, objective):
     f = lambda z: p.f(z, p.c)  # noqa: E731
     if S < est.min_samples:
         with pytest.raises(ValueError, match="num_samples"):
-            est.check(S, objective)
+            est.check(None, S, objective)
         with pytest.raises(ValueError, match="num_samples"):
             est(q, f, num_samples=S, objective=objective, context=context)
         return
-    est.check(S, objective)
+    est.check(None, S, objective)
     out = est(q, f, num_samples=S, objective=objective, context=context)
     assert out.objective.shape == batch and out.surrogate.shape == batch
     assert not out.objective.requires_grad and out.surrogate.requires_grad
@@ -303,7 +303,7 @@ def test_num_samples_one_and_two_shapes_and_output(name, options, S, objective):
 @pytest.mark.parametrize(("name", "options"), CONFIGS)
 def test_unknown_objective_is_rejected(name, options):
     with pytest.raises(ValueError, match="objective"):
-        make_estimator(name, options).check(2, "elbo_typo")
+        make_estimator(name, options).check(None, 2, "elbo_typo")
 
 
 # ------------------------------------------------------------------------------------------- unbiasedness

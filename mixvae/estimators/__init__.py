@@ -1,7 +1,7 @@
 """Gradient estimators for objectives over a diagonal-Gaussian mixture q; one contract for all of them.
 
     est = mixvae.estimators.build("graves", **options)   # same object as hydra.utils.instantiate(cfg.estimator)
-    est.check(num_samples, objective)                    # ValueError (one line) if unsupported; __call__ checks too
+    est.check(q, num_samples, objective)                 # ValueError (one line) if unsupported; __call__ checks too
     out = est(q, f, num_samples=S, objective="elbo", context=None)   # or objective="iwae"
 
 Inputs
@@ -44,8 +44,8 @@ __all__ = ["OBJECTIVES", "Estimator", "EstimatorOutput", "available", "build", "
 
 
 def config_dir() -> Path:
-    """configs/estimator/ at the repository root (beside the mixvae package)."""
-    return Path(mixvae.__file__).resolve().parents[1] / "configs" / "estimator"
+    """mixvae/configs/estimator/: the registry's yaml files, inside the package (so a wheel has them too)."""
+    return Path(mixvae.__file__).resolve().parent / "configs" / "estimator"
 
 
 def available() -> list[str]:

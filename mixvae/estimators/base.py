@@ -1,6 +1,12 @@
-"""The estimator base class, its output, and the two objectives.
+"""The estimator base class, its output, the two objectives, and what an estimator may need of q.
 
 See the contract at the top of `mixvae/estimators/__init__.py`.
+
+The posterior protocol: an estimator lists in ``needs`` the capabilities it uses, each a `Need` that reads
+the distribution's own flags and methods (torch's ``has_rsample``; the mixture's index sampler; a G-REP
+standardization). ``est.check(q, num_samples, objective)`` raises one line naming the first missing capability
+and the distribution it was given. An estimator with several ways to work (the score function on a mixture's
+index, or on the sample itself) reads the capabilities again to choose, never a class or family name.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +57,47 @@ def log_weight_of(q, k: Tensor) -> Tensor:
     return log_w.gather(-1, k.unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class Need:
+    """One capability an estimator needs of the posterior q: words for the error message, and a test of q."""
+
+    what: str
+    test: Callable[[Any], bool]
+
+    def __call__(self, q) -> bool:
+        return bool(self.test(q))
+
+
+def describe(q) -> str:
+    """A distribution's name for messages: 'Independent(Gamma)', 'DiagGaussianMixture', ..."""
+    base = getattr(q, "base_dist", None)
+    return f"{type(q).__name__}({describe(base)})" if base is not None else type(q).__name__
+
+
+_MIXTURE_API = ("num_components", "log_weights", "loc", "scale", "sample_index", "rsample_component")
+
+# torch's own flag: rsample() carries a pathwise gradient (reparameterization, implicit or Graves').
+PATHWISE = Need("a pathwise rsample (has_rsample = True)", lambda q: getattr(q, "has_rsample", False))
+# sample() and a log_prob() differentiable in q's parameters: what the score function needs of any q.
+SAMPLE_LOG_PROB = Need("sample() and log_prob()",
+                       lambda q: callable(getattr(q, "sample", None)) and callable(getattr(q, "log_prob", None)))
+# a mixture whose component index can be sampled, scored and summed over, with reparameterizable Gaussian
+# components (DiagGaussianMixture): enumeration, the index relaxation and the index score function use it.
+MIXTURE = Need("enumerable mixture components (" + ", ".join(_MIXTURE_API) + ")",
+               lambda q: all(hasattr(q, a) for a in _MIXTURE_API))
+
+
+def check_values(values: Tensor, z: Tensor, q, name: str) -> Tensor:
+    """f's contract: one value per sample, shape [S', *batch] for z [S', *batch, *event]; else a ValueError."""
+    event = len(q.event_shape)
+    lead = z.shape[: z.dim() - event]
+    if not isinstance(values, Tensor) or values.shape != lead:
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"estimator {name!r}: f(z) must return one value per sample, shape [S', *batch] = "
+                         f"{tuple(lead)} for z of shape {tuple(z.shape)}; got {got}")
+    return values
+
+
 @dataclass
 class EstimatorOutput:
     """What every estimator returns; shapes use the batch shape [*batch] of q.
@@ -72,13 +120,15 @@ class Estimator(nn.Module):
     """Base class: subclasses implement `estimate`; `forward` validates the arguments first.
 
     Class attributes a subclass may override:
-        name: the registry name (the yaml stem in configs/estimator/); `build` sets it too.
+        name: the registry name (the yaml stem in mixvae/configs/estimator/); `build` sets it too.
+        needs: the capabilities of q it uses (`Need`s); `check` tests q against them.
         unbiased: whether E[grad surrogate] equals grad E[objective] exactly (tests discover this).
         min_samples: smallest num_samples the estimator is defined for.
         objectives: the objectives it supports.
     """
 
     name: str = "estimator"
+    needs: tuple[Need, ...] = (SAMPLE_LOG_PROB,)
     unbiased: bool = True
     min_samples: int = 1
     objectives: tuple[str, ...] = tuple(OBJECTIVES)
@@ -87,8 +137,20 @@ class Estimator(nn.Module):
         super().__init__()
         self.context_dim = context_dim
 
-    def check(self, num_samples: int, objective: str) -> None:
-        """Raise a one-line ValueError if (num_samples, objective) is not supported; else return None."""
+    def fits(self, q) -> bool:
+        """Whether q has every capability this estimator needs."""
+        return all(need(q) for need in self.needs)
+
+    def check(self, q=None, num_samples: int = 1, objective: str = "elbo") -> None:
+        """Raise a one-line ValueError if (q, num_samples, objective) is not supported; else return None.
+
+        q may be None (only the settings are checked, e.g. before any posterior exists).
+        """
+        if q is not None:
+            for need in self.needs:
+                if not need(q):
+                    raise ValueError(f"estimator {self.name!r} needs a posterior with {need.what}; "
+                                     f"got {describe(q)}")
         if objective not in self.objectives:
             raise ValueError(
                 f"estimator {self.name!r} supports objective in {list(self.objectives)}, got {objective!r}"
@@ -107,9 +169,10 @@ class Estimator(nn.Module):
         objective: str = "elbo",
         context: Tensor | None = None,
     ) -> EstimatorOutput:
-        """q: DiagGaussianMixture, batch [*batch]; f: z [S', *batch, D] -> [S', *batch]; context [*batch, C]."""
-        self.check(num_samples, objective)
-        return self.estimate(q, f, int(num_samples), objective, context)
+        """q: a Distribution, batch [*batch]; f: z [S', *batch, *event] -> [S', *batch]; context [*batch, C]."""
+        self.check(q, num_samples, objective)
+        return self.estimate(q, lambda z: check_values(f(z), z, q, self.name), int(num_samples), objective,
+                             context)
 
     def estimate(self, q, f, num_samples: int, objective: str, context: Tensor | None) -> EstimatorOutput:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Exact enumeration over the K components (the Rao-Blackwellised reference). estimators.md section 2.
+"""Exact enumeration over the K components of a mixture posterior (the Rao-Blackwellised reference).
 
 One eps ~ N(0, I) per sample, shared by all components (common random numbers): z_sk = mu_k + sigma_k eps_s.
 f is called once on all S*K points, with K folded into the sample axis, so f keeps its contract.
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from mixvae.estimators.base import Estimator, EstimatorOutput, reduce_samples
+from mixvae.estimators.base import MIXTURE, Estimator, EstimatorOutput, reduce_samples
 
 
 class Enumerate(Estimator):
     name = "enumerate"
+    needs = (MIXTURE,)
 
     def estimate(self, q, f, num_samples, objective, context):
         S, K = num_samples, q.num_components

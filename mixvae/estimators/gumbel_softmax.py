@@ -1,5 +1,5 @@
 """Gumbel-softmax / Concrete relaxation of the component index (Jang et al. 2017; Maddison et al. 2017).
-estimators.md section 5. BIASED: its bias is measured by the tests, not hidden.
+Needs a mixture posterior. BIASED: its bias is measured by the tests, not hidden.
 
     y = softmax((log pi + g) / tau),  g ~ Gumbel(0, 1) [K];   z = sum_k y_k (mu_k + sigma_k eps)  (eps shared by k)
 f is evaluated at the relaxed z (f, not the estimator, uses the true mixture log q). Straight-through
@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from mixvae.estimators.base import Estimator, EstimatorOutput, reduce_samples
+from mixvae.estimators.base import MIXTURE, Estimator, EstimatorOutput, reduce_samples
 
 
 class GumbelSoftmax(Estimator):
     name = "gumbel_softmax"
+    needs = (MIXTURE,)
     unbiased = False
 
     def __init__(

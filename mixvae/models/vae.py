@@ -1,8 +1,12 @@
-"""The VAE: mixture encoder q(z | x), Bernoulli decoder p(x | z), prior p(z) = N(0, I).
+"""The VAE: an MLP encoder giving q(z | x), an MLP decoder p(x | z), and a prior p(z), each chosen in the config.
 
 Training goes through an estimator (mixvae/estimators), which owns the gradient: the model only supplies the
 posterior q and the log-weight f(z) = log p(x | z) + log p(z) - log q(z | x). Evaluation (ELBO, the IWAE
 bound on log p(x), active units) needs no estimator and is here.
+
+The default is the suite's subject, a K-component diagonal Gaussian mixture posterior with an N(0, I) prior;
+``posterior`` and ``prior`` take any family and prior of ``mixvae.models.families`` (configs/model/posterior/,
+configs/model/prior/), ``decoder`` any decoder factory (configs/model/decoder/).
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from mixvae.distributions import DiagGaussianMixture
 from mixvae.models.decoder import BernoulliDecoder
-from mixvae.models.encoder import MixtureEncoder
+from mixvae.models.families import GaussianMixture, StandardNormal
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -26,46 +30,54 @@ def log_prior(z: Tensor) -> Tensor:
 
 
 class MixtureVAE(nn.Module):
-    """A one-stochastic-layer VAE with a K-component diagonal Gaussian mixture posterior.
+    """A one-stochastic-layer VAE; by default with a K-component diagonal Gaussian mixture posterior.
 
     Default sizes are the IWAE MNIST architecture (Burda et al. 2016, section 5.1): 784-200-200-D encoder and
     D-200-200-784 decoder with tanh units. K = 1 is exactly the Gaussian VAE.
 
     Args:
         x_dim: data dimension (784).
-        num_components: K >= 1 mixture components of q(z | x).
+        num_components: K >= 1 mixture components of q(z | x) (used when ``posterior`` is None).
         latent_dim: D >= 1.
         hidden: encoder hidden sizes; the decoder uses them reversed.
         activation: see ``mixvae.models.mlp.ACTIVATIONS``.
-        min_scale: floor added to every component scale.
+        min_scale: floor added to every component scale (mixture posterior).
         init_spread: std of the per-component offsets of the initial means (see MixtureEncoder).
-        encoder_top_linear: the encoder's last hidden layer is linear (Nalisnick et al. 2016's layout).
         train_mean: [x_dim] mean training image, for the decoder's initial output bias (None: zero bias).
+        encoder_top_linear: the encoder's last hidden layer is linear (Nalisnick et al. 2016's layout).
+        posterior: a family of ``mixvae.models.families`` (None: GaussianMixture(num_components, ...)).
+        prior: an nn.Module with ``log_prob(z) [..., D] -> [...]`` (None: N(0, I)).
+        decoder: factory (latent features, hidden, x_dim, activation, train_mean) -> decoder module with
+            ``log_prob(x, features)`` (None: BernoulliDecoder); it sees ``posterior.embed(z)``.
     """
 
     def __init__(self, x_dim: int, num_components: int = 1, latent_dim: int = 50,
                  hidden: list[int] | tuple[int, ...] = (200, 200), activation: str = "tanh",
                  min_scale: float = 1e-3, init_spread: float = 1.0, train_mean: Tensor | None = None,
-                 encoder_top_linear: bool = False):
+                 encoder_top_linear: bool = False, posterior=None, prior: nn.Module | None = None,
+                 decoder: Callable[..., nn.Module] | None = None):
         super().__init__()
         if num_components < 1:
             raise ValueError(f"model.num_components (K) must be >= 1, got {num_components}")
         if latent_dim < 1:
             raise ValueError(f"model.latent_dim (D) must be >= 1, got {latent_dim}")
         hidden = list(hidden)
-        self.encoder = MixtureEncoder(x_dim, hidden, num_components, latent_dim, activation, min_scale,
-                                      init_spread, top_linear=encoder_top_linear)
-        self.decoder = BernoulliDecoder(latent_dim, hidden[::-1], x_dim, activation, train_mean)
+        self.family = posterior if posterior is not None else GaussianMixture(num_components, min_scale,
+                                                                              init_spread)
+        self.encoder = self.family.build_encoder(x_dim, hidden, latent_dim, activation, encoder_top_linear)
+        self.decoder = (decoder or BernoulliDecoder)(self.family.embed_dim(latent_dim), hidden[::-1], x_dim,
+                                                     activation, train_mean)
+        self.prior = prior if prior is not None else StandardNormal()
 
-    def posterior(self, x: Tensor) -> DiagGaussianMixture:
+    def posterior(self, x: Tensor) -> Distribution:
         """q(z | x) for x [B, x_dim]: batch shape [B], event shape (D,)."""
         return self.encoder(x)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z) + log p(z): x [B, x_dim], z [S, B, D] -> [S, B] (any leading S)."""
-        return self.decoder.log_prob(x, z) + log_prior(z)
+        return self.decoder.log_prob(x, self.family.embed(z)) + self.prior.log_prob(z)
 
-    def log_weight_fn(self, x: Tensor, q: DiagGaussianMixture) -> Callable[[Tensor], Tensor]:
+    def log_weight_fn(self, x: Tensor, q: Distribution) -> Callable[[Tensor], Tensor]:
         """f(z) = log p(x, z) - log q(z | x), the estimators' integrand: z [S', B, D] -> [S', B].
 
         log q is the marginal mixture density (logsumexp over components), never the density of the component

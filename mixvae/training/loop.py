@@ -286,7 +286,9 @@ class Trainer:
                                   train_mean=self.data.train_mean).to(self.device)
         self.estimator = _instantiate(cfg.estimator, "estimator", context_dim=self.data.x_dim).to(self.device)
         try:
-            self.estimator.check(cfg.train.num_samples, cfg.train.objective)
+            with torch.no_grad():  # does the model's posterior fit the estimator? (one image, no randomness)
+                probe = self.model.posterior(self.data.train_mean.reshape(1, -1).to(self.device))
+            self.estimator.check(probe, cfg.train.num_samples, cfg.train.objective)
         except ValueError as e:
             raise ConfigError(f"{e} (train.objective={cfg.train.objective}, "
                               f"train.num_samples={cfg.train.num_samples})") from e
