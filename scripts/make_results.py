@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Rebuild results/*.md tables and results/*.png plots from the committed per-run files, offline, in seconds.
 
-    python scripts/make_results.py [--runs results/runs] [--out results]
+    python scripts/make_results.py            # results/*.md from results/runs/, results/smoke/*.md from results/smoke/runs/
 
 Input: results/runs/<table>/<run>/{summary.json, metrics.jsonl, config.yaml, grad_variance.json} and
-results/runs/<table>/sweep.json (the command that made them), as experiments/run_tables.py collects them.
+results/runs/<table>/sweep.json (the command and budget that made them), as experiments/run_tables.py collects
+them; the tables, their layout and the papers' numbers come from the catalogue experiments/tables.yaml.
 Every number printed comes from those files: mean +- sample std over seeds (n = number of seeds shown), the
-paper's numbers beside ours where a paper has them. A table without runs is written as a stub that says so
-(with the command that produces it); nothing is ever filled in.
+paper's numbers and our gap to them where a paper has them, and each row's budget (epochs, steps, training
+time). A table's header says whether its budget reproduces the paper's or is short of it; runs at a smoke budget
+are kept apart (results/smoke/) and titled as smoke tests. A table without runs is written as a stub that says
+so (with the command that produces it); nothing is ever filled in.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CATALOGUE_PATH = REPO / "experiments" / "tables.yaml"
+
+
+def load_catalogue(path: Path = CATALOGUE_PATH) -> dict:
+    """experiments/tables.yaml as plain dicts (the one list of tables, read by the driver, this script and tests)."""
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
 
 # Order of the estimator rows in the tables (names are the yaml stems of configs/estimator/).
 ORDER = ["graves", "enumerate", "score_function", "vimco", "gumbel_softmax", "grep"]
@@ -146,8 +157,28 @@ def distinct(values) -> list:
     return out
 
 
+SMOKE_BUDGETS = ("smoke", "tiny", "reduced")  # "reduced": the name of the smoke budget before the catalogue
+
+
+def budget_status(spec: TableSpec, sweep: dict | None) -> tuple[bool, str]:
+    """(is a smoke test, the sentence that says what the table's budget is worth)."""
+    name = (sweep or {}).get("budget")
+    entry = spec.budgets.get(name) or {}
+    note = entry.get("note") or (sweep or {}).get("budget_note") or ""
+    if name in SMOKE_BUDGETS:
+        return True, (f"**Smoke test, not a reproduction** (budget `{name}`{': ' + note if note else ''}): these "
+                      "numbers show that the pipeline runs end to end; they say nothing about how the methods "
+                      "compare at a real budget. Each run's config.yaml records what it ran, which may predate "
+                      "the experiment file described below.")
+    if entry.get("reproduction") or (sweep or {}).get("reproduction"):
+        return False, f"**Reproduction budget** (`{name}`): {note}."
+    return False, (f"**Short of the paper's budget** (`{name}`): {note}. The paper's numbers beside ours are at "
+                   "their own budget, so the gap includes the budget's.")
+
+
 def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
-    lines = [f"# {spec.title}", "", spec.intro, ""]
+    smoke, status = budget_status(spec, sweep)
+    lines = [f"# {'Smoke test: ' if smoke else ''}{spec.title}", "", status, "", spec.intro, ""]
     if sweep:
         lines += [f"Command (this budget, `{sweep.get('budget')}`): `{sweep.get('driver')}`, which runs",
                   f"`{sweep.get('command')}`", ""]
@@ -201,56 +232,29 @@ class TableSpec:
     paper: dict = field(default_factory=dict)  # kind-specific paper numbers
     paper_note: str = ""
     loglik: bool = False  # show log-likelihood (= -NLL), as the paper does
+    budgets: dict = field(default_factory=dict)  # budget name -> catalogue entry (reproduction, note, overrides)
 
 
-BURDA = "Burda et al. (2016), table 1 (3280 epochs, lr decay, test IWAE-5000)"
-TABLES = [
-    TableSpec(
-        "estimators_mnist", "Estimators for a mixture posterior, MNIST (K = 5; K = 1 Gaussian reference)",
-        "estimators_mnist",
-        "Dynamically binarized MNIST, 784-200-200-50 tanh VAE, Bernoulli decoder. One row per gradient estimator "
-        "for the encoder's K = 5 diagonal Gaussian mixture, all at equal epochs; every row trains the ELBO with one "
-        "sample except vimco, which needs S >= 2 and trains IWAE-5 (5 decoder passes per image, like enumerate's "
-        "K = 5). Gradient columns: mixvae.diagnostics.gradient_variance of the encoder parameters on one fixed "
-        "batch of 100 test images (scripts/grad_variance_runs.py), at each run's own final checkpoint (`own`) and "
-        "at the final checkpoints of the Graves-trained runs (`@graves`, every estimator at the same parameters).",
-        "estimators", paper={1: (86.76, "VAE k=1, " + BURDA)}),
-    TableSpec(
-        "estimators_omniglot", "Estimators for a mixture posterior, Omniglot (K = 5; K = 1 Gaussian reference)",
-        "estimators_omniglot",
-        "Dynamically binarized Omniglot, 28x28 resized from the original 105x105 images (drawers 1-15 train, "
-        "16-20 test), 784-200-200-50 tanh VAE; otherwise as results/estimators_mnist.md.",
-        "estimators", paper={1: (108.11, "VAE k=1, " + BURDA + "; their Omniglot is chardata.mat, ours is built "
-                                 "from the original images: not directly comparable")}),
-    TableSpec(
-        "iwae_table1", "Burda et al. (2016), table 1: VAE and IWAE, one stochastic layer", "iwae_table1",
-        "784-200-200-50 tanh, dynamic binarization, test NLL (nats) by the IWAE bound with 5000 samples. "
-        "VAE = objective elbo with k = S samples, IWAE = objective iwae with k samples (identical at k = 1). "
-        "K = 1 is the paper's Gaussian model; K = 5 is our mixture posterior trained with Graves' estimator. "
-        "Our Omniglot is resized from the original images, not the paper's chardata.mat: those rows are not "
-        "directly comparable with the paper's.",
-        "iwae", paper={
-            ("mnist", "elbo"): {1: 86.76, 5: 86.47, 50: 86.35}, ("mnist", "iwae"): {1: 86.76, 5: 85.54, 50: 84.78},
-            ("omniglot", "elbo"): {1: 108.11, 5: 107.62, 50: 107.80},
-            ("omniglot", "iwae"): {1: 108.11, 5: 106.12, 50: 104.67}},
-        paper_note="Paper: " + BURDA + "."),
-    TableSpec(
-        "nalisnick_dlgm", "Nalisnick et al. (2016): Gaussian versus 3-component mixture posterior, binarized MNIST",
-        "nalisnick_dlgm",
-        "Statically binarized MNIST (Larochelle & Murray 2011), one hidden layer of 500 tanh units, latent "
-        "dimension 25. Test log-likelihood estimated by importance sampling with 50 samples (the IWAE-50 bound), "
-        "as in the paper; higher is better. K = 3 rows: our estimators for the mixture posterior.",
-        "estimators", loglik=True,
-        paper={1: (-96.80, "Gaussian DLGM, Nalisnick et al. 2016"), 3: (-96.50, "GM-DLGM (K = 3), Nalisnick et al. 2016")}),
-    TableSpec(
-        "estimators_vs_k", "Gradient variance, SNR and step time against the number of components K",
-        "estimators_vs_k",
-        "A model is trained with Graves' estimator at each K (dynamically binarized MNIST, 784-200-200-50); at its "
-        "final checkpoint every estimator's encoder gradient is measured on one fixed batch of 100 test images "
-        "(scripts/grad_variance_runs.py; R repetitions, same seed). Step time: median forward + backward over all "
-        "parameters on that batch, 1 thread. Stateful baselines are warmed up at the fixed model first.",
-        "vs_k"),
-]
+def _paper_numbers(kind: str, rows: dict) -> dict:
+    if kind == "iwae":  # dataset -> objective -> k -> NLL  =>  (dataset, objective) -> {k: NLL}
+        return {(d, o): {int(k): v for k, v in by_k.items()} for d, by_obj in rows.items()
+                for o, by_k in by_obj.items()}
+    return {int(k): v for k, v in rows.items()}
+
+
+def table_specs(catalogue: dict | None = None) -> list[TableSpec]:
+    catalogue = catalogue or load_catalogue()
+    specs = []
+    for name, t in catalogue["tables"].items():
+        paper = t.get("paper") or {}
+        note = (f"Paper: {paper['source']}; its budget: {paper['budget']}." if paper.get("source") else "")
+        specs.append(TableSpec(name, t["title"], t["experiment"], t["intro"], t["kind"],
+                               _paper_numbers(t["kind"], paper.get("rows") or {}), note, bool(t.get("loglik")),
+                               t.get("budgets") or {}))
+    return specs
+
+
+TABLES = table_specs()
 
 
 # ---- writers ---------------------------------------------------------------------------------------------------
@@ -276,6 +280,57 @@ def reference_rows(runs: list[Run], K: int) -> dict[tuple, list[dict]]:
     return out
 
 
+def budget_cells(rs: list[Run]) -> list[str]:
+    """A row's budget: epochs (and early stops), optimizer steps, training time per run."""
+    epochs = [r.summary["epochs"] for r in rs]
+    early = sum(bool(r.summary.get("stopped_early")) for r in rs)
+    steps = [r.summary["steps"] for r in rs]
+    train_s = [r.metrics.get("time/train_s") for r in rs]
+    span = (lambda v: f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}")
+    train = [t / 60 for t in train_s if t is not None]
+    return [span(epochs) + (f" ({early} early stop{'s' if early > 1 else ''})" if early else ""), span(steps),
+            (f"{min(train):.1f}-{max(train):.1f} min" if train else "—")]
+
+
+def gap_text(ours: list[float], paper: float | None, sign: float) -> str:
+    """ours - paper in the table's units (log-likelihood or NLL), with its standard error over seeds."""
+    ours = [sign * v for v in ours if v is not None and math.isfinite(v)]
+    if paper is None or not ours:
+        return "—"
+    gap = statistics.mean(ours) - paper
+    se = f" ± {statistics.stdev(ours) / math.sqrt(len(ours)):.2f}" if len(ours) > 1 else ""
+    return f"{gap:+.2f}{se}"
+
+
+def paired_differences(spec: TableSpec, groups: dict, keys: list, nll: dict) -> list[str]:
+    """Each K > 1 row against the K = 1 row, seed by seed (same seed = same data order and initial encoder)."""
+    sign = -1.0 if spec.loglik else 1.0
+    ref = [k for k in keys if k[0] == 1]
+    if not ref:
+        return []
+    by_seed_ref = {r.cfg["seed"]: sign * r.test_nll()[1] for r in groups[ref[0]] if r.test_nll()}
+    rows = []
+    for k in keys:
+        if k[0] == 1:
+            continue
+        diffs = [sign * r.test_nll()[1] - by_seed_ref[r.cfg["seed"]] for r in groups[k]
+                 if r.test_nll() and r.cfg["seed"] in by_seed_ref]
+        if not diffs:
+            continue
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+        verdict = ("better" if (statistics.mean(diffs) > 0) == spec.loglik else "worse") if len(diffs) > 1 else "—"
+        rows.append([f"K = {k[0]} {k[1]}", objective_text(k[2], k[3]), f"{statistics.mean(diffs):+.2f}",
+                     "—" if math.isnan(se) else f"{se:.2f}", str(len(diffs)), verdict])
+    if not rows:
+        return []
+    what = "log-likelihood" if spec.loglik else "NLL"
+    return ["### Paired differences against the Gaussian (K = 1), same seed", "",
+            *md_table(["row", "trained on", f"mean difference in test {what}", "standard error", "seeds",
+                       "K > 1 is"], rows), "",
+            f"Difference = row minus K = 1 at the same seed ({'higher' if spec.loglik else 'lower'} is better); "
+            "`better`/`worse` is the sign of the mean, with its standard error beside it.", ""]
+
+
 def estimators_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     groups = defaultdict(list)
     for r in runs:
@@ -290,10 +345,11 @@ def estimators_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     best = {min(ks, key=lambda k: statistics.mean(nll[k]) if nll[k] else math.inf)
             for ks in family.values() if len(ks) > 1}
     sign = -1.0 if spec.loglik else 1.0
-    metric = (f"test log-lik. (IS-{'/'.join(map(str, samples))})" if spec.loglik
-              else f"test NLL (IWAE-{'/'.join(map(str, samples))})")
-    head = ["K", "estimator", "trained on", metric, "test ELBO", "var own", "SNR own", "var @graves",
-            "SNR @graves", "ms/step @graves", "s/epoch", "seeds", "paper"]
+    metric = (f"ours: test log-lik. (IS-{'/'.join(map(str, samples))})" if spec.loglik
+              else f"ours: test NLL (IWAE-{'/'.join(map(str, samples))})")
+    head = ["K", "estimator", "trained on", "paper", metric, "gap (ours - paper)", "test ELBO", "epochs",
+            "steps", "train time", "var own", "SNR own", "var @graves", "SNR @graves", "ms/step @graves", "s/epoch",
+            "seeds"]
     rows = []
     for k in keys:
         K, label, objective, S = k
@@ -303,40 +359,43 @@ def estimators_table(spec: TableSpec, runs: list[Run]) -> list[str]:
         paper = spec.paper.get(K)
         rows.append([
             str(K), ("Gaussian (reparam.)" if K == 1 else label) + (" **best baseline**" if k in best else ""),
-            objective_text(objective, S), mean_std(nll[k], scale=sign),
-            mean_std([r.metrics.get("test/elbo") for r in rs]),
+            objective_text(objective, S), f"{paper:.2f}" if paper is not None else "—",
+            mean_std(nll[k], scale=sign), gap_text(nll[k], paper, sign),
+            mean_std([r.metrics.get("test/elbo") for r in rs]), *budget_cells(rs),
             sci_mean_std([g["grad/var_encoder"] for g in own]), sci_mean_std([g["grad/snr_encoder"] for g in own]),
             sci_mean_std([g["grad/var_encoder"] for g in ref]), sci_mean_std([g["grad/snr_encoder"] for g in ref]),
             mean_std([g["time/step_s"] for g in ref], 1, 1000.0),
             mean_std([r.metrics.get("time/epoch_s") for r in rs], 1),
             ", ".join(str(r.cfg["seed"]) for r in rs),
-            f"{paper[0]:.2f}" if paper else "—",
         ])
-    notes = [f"- paper, K = {K}: {p[0]:.2f}, {p[1]}." for K, p in sorted(spec.paper.items())]
     return [*md_table(head, rows), "",
-            "Columns: `var` = mean over encoder parameters of the per-coordinate gradient variance, `SNR` = mean "
-            "|mean| / std (Rainforth et al. 2018), both over the repetitions at fixed parameters; `own` at each "
-            "run's own final checkpoint with its trained baseline state, `@graves` every estimator at the final "
-            "checkpoints of the Graves-trained runs with the same K. `s/epoch` is training time only, measured "
-            "with two runs sharing the 2 cores. `ms/step` is one forward + backward at batch 100, 1 thread. "
-            "Where a paper has a number for a row it is in the last column (at its own, much longer budget):", "",
-            *notes, ""]
+            "Columns: `gap` = our mean minus the paper's number, ± its standard error over seeds; `epochs`, `steps` "
+            "and `train time` are each row's budget (per run; training only). `var` = mean over encoder "
+            "parameters of the per-coordinate gradient variance, `SNR` = mean |mean| / std (Rainforth et al. "
+            "2018), both over the repetitions at fixed parameters; `own` at each run's own final checkpoint with "
+            "its trained baseline state, `@graves` every estimator at the final checkpoints of the Graves-trained "
+            "runs with the same K. `s/epoch` is training time only, measured with two runs sharing the 2 cores. "
+            "`ms/step` is one forward + backward at batch 100, 1 thread.", "",
+            *paired_differences(spec, groups, keys, nll), spec.paper_note, ""]
 
 
 def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     cell = defaultdict(list)
     time_cell = defaultdict(list)
+    epoch_cell = defaultdict(list)
     for r in runs:
         c = r.cfg
         k = (c["dataset"]["name"], c["train"]["objective"], c["train"]["num_samples"], c["model"]["num_components"])
         if r.test_nll():
             cell[k].append(r.test_nll()[1])
         time_cell[k].append(r.metrics.get("time/epoch_s"))
+        epoch_cell[k[0], k[2]].append(r.summary["epochs"])
     lines = []
     for dataset in sorted({k[0] for k in cell} | {k[0] for k in spec.paper}, key=["mnist", "omniglot"].index):
         Ks = sorted({k[3] for k in cell if k[0] == dataset})
-        head = ["k", "VAE (paper)", *[f"VAE, K = {K} (ours)" for K in Ks], "IWAE (paper)",
-                *[f"IWAE, K = {K} (ours)" for K in Ks], "s/epoch IWAE, K = " + "/".join(map(str, Ks))]
+        head = ["k", "VAE (paper)", *[f"VAE, K = {K} (ours)" for K in Ks], "VAE gap, K = 1", "IWAE (paper)",
+                *[f"IWAE, K = {K} (ours)" for K in Ks], "IWAE gap, K = 1", "epochs",
+                "s/epoch IWAE, K = " + "/".join(map(str, Ks))]
         rows = []
         for S in (1, 5, 50):
             def ours(objective, S=S, dataset=dataset, Ks=Ks):
@@ -344,11 +403,16 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
 
             paper = {obj: spec.paper.get((dataset, obj), {}).get(S) for obj in ("elbo", "iwae")}
             times = " / ".join(mean_std(time_cell.get((dataset, "iwae", S, K), []), 1) for K in Ks)
+            epochs = distinct(epoch_cell.get((dataset, S), []))
             rows.append([str(S), f"{paper['elbo']:.2f}" if paper["elbo"] else "—", *ours("elbo"),
-                         f"{paper['iwae']:.2f}" if paper["iwae"] else "—", *ours("iwae"), times])
+                         gap_text(cell.get((dataset, "elbo", S, 1), []), paper["elbo"], 1.0),
+                         f"{paper['iwae']:.2f}" if paper["iwae"] else "—", *ours("iwae"),
+                         gap_text(cell.get((dataset, "iwae", S, 1), []), paper["iwae"], 1.0),
+                         ", ".join(map(str, epochs)) or "—", times])
         title = "MNIST" if dataset == "mnist" else "Omniglot (ours: from the original images; not directly comparable)"
         lines += [f"## {title}", "", *md_table(head, rows), ""]
-    return [*lines, spec.paper_note, ""]
+    return [*lines, "`gap` = our K = 1 NLL minus the paper's (nats; positive = worse than the paper), ± its "
+            "standard error over seeds where there are several.", "", spec.paper_note, ""]
 
 
 def vs_k_table(spec: TableSpec, runs: list[Run], out: Path) -> list[str]:
@@ -456,7 +520,7 @@ def plot_curves(spec: TableSpec, runs: list[Run], path: Path) -> bool:
 
 
 # ---- main --------------------------------------------------------------------------------------------------------
-def build_table(spec: TableSpec, runs_root: Path, out: Path) -> bool:
+def build_table(spec: TableSpec, runs_root: Path, out: Path, smoke: bool = False) -> bool:
     """Write out/<name>.md (and its plots); a stub that says so when there are no runs. Returns True if runs."""
     folder = runs_root / spec.name
     runs = load_runs(folder) if folder.exists() else []
@@ -464,9 +528,14 @@ def build_table(spec: TableSpec, runs_root: Path, out: Path) -> bool:
     sweep = json.loads(sweep_path.read_text()) if sweep_path.exists() else None
     path = out / f"{spec.name}.md"
     if not runs:
+        if smoke:
+            path.unlink(missing_ok=True)
+            return False
+        budget = "cpu" if "cpu" in spec.budgets else "smoke"
         stub = [f"# {spec.title}", "", spec.intro, "",
                 f"**No runs committed yet** (nothing under results/runs/{spec.name}/). Produce them with "
-                f"`python experiments/run_tables.py {spec.name}` (reduced CPU budget) or "
+                f"`python experiments/run_tables.py {spec.name} --budget {budget}` "
+                f"({(spec.budgets.get(budget) or {}).get('note', '')}) or "
                 f"`python train.py +experiment={spec.experiment}` (full budget), then `make results`.", ""]
         if spec.paper_note:
             stub += [spec.paper_note, ""]
@@ -481,7 +550,8 @@ def build_table(spec: TableSpec, runs_root: Path, out: Path) -> bool:
         lines += iwae_table(spec, runs)
     else:
         lines += vs_k_table(spec, runs, out)
-    lines += ["Built by `python scripts/make_results.py` from results/runs/" + spec.name + "/.", ""]
+    rel = folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder
+    lines += [f"Built by `python scripts/make_results.py` from {rel}/.", ""]
     path.write_text("\n".join(lines))
     return True
 
@@ -490,6 +560,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=REPO / "results" / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "results")
+    parser.add_argument("--smoke-runs", type=Path, default=REPO / "results" / "smoke" / "runs",
+                        help="runs at smoke budgets, built into <out>/smoke/ (a missing folder is skipped)")
     parser.add_argument("--tables", nargs="*", default=[t.name for t in TABLES])
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -502,6 +574,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         else:
             missing.append(spec.name)
             print(f"no runs for {spec.name}: wrote a stub {args.out / spec.name}.md")
+        if args.smoke_runs.exists():
+            (args.out / "smoke").mkdir(exist_ok=True)
+            if build_table(spec, args.smoke_runs, args.out / "smoke", smoke=True):
+                print(f"wrote {args.out / 'smoke' / spec.name}.md (smoke test)")
     if missing:
         print(f"missing: {', '.join(missing)} (run experiments/run_tables.py {' '.join(missing)})")
     return missing

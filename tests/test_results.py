@@ -20,9 +20,24 @@ from mixvae.training import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "experiments"))
 import make_results  # noqa: E402
 
-TABLE_EXPERIMENTS = ["estimators_mnist", "estimators_omniglot", "iwae_table1", "nalisnick_dlgm", "estimators_vs_k"]
+CATALOGUE = make_results.load_catalogue()
+TABLE_EXPERIMENTS = [t["experiment"] for t in CATALOGUE["tables"].values()]
+
+
+def test_the_catalogue_is_the_one_list_of_tables():
+    """Driver, results builder and experiment files agree: each entry has its experiment and a budget."""
+    import run_tables
+
+    assert [s.name for s in make_results.TABLES] == list(CATALOGUE["tables"]) == run_tables.TABLES
+    for name, entry in CATALOGUE["tables"].items():
+        assert (REPO / "configs" / "experiment" / f"{entry['experiment']}.yaml").exists(), name
+        assert entry["budgets"], name
+        for budget in entry["budgets"].values():
+            assert "overrides" in budget and "note" in budget, name
+    assert "tiny" in CATALOGUE["common_budgets"]
 
 
 def composed(overrides):
@@ -47,7 +62,7 @@ def test_rows_override_the_table_values():
     sf = composed([*base, "experiment/rows@_global_=score_function_learned"])
     assert gauss.model.num_components == 1 and vimco.model.num_components == 3
     assert (vimco.train.objective, vimco.train.num_samples) == ("iwae", 5)
-    assert sf.estimator.baseline == "learned" and sf.model.hidden == [500] and sf.model.latent_dim == 25
+    assert sf.estimator.baseline == "learned" and sf.model.hidden == [500, 500] and sf.model.latent_dim == 25
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +78,8 @@ def pipeline(tmp_path_factory):
            "--grad-arg=--repetitions=8", "--grad-arg=--warmup=3", "--grad-arg=--step-repeats=2"]
     res = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    missing = make_results.main(["--runs", str(tmp / "runs"), "--out", str(tmp / "out")])
+    missing = make_results.main(["--runs", str(tmp / "runs"), "--out", str(tmp / "out"), "--smoke-runs",
+                                 str(tmp / "no-smoke-runs")])
     return tmp, missing
 
 
@@ -90,16 +106,19 @@ def test_table_shows_mean_std_over_seeds_and_the_paper_column(pipeline):
     text = (tmp / "out" / "estimators_mnist.md").read_text()
     assert "estimators_mnist" not in missing and "iwae_table1" in missing
     for fact in ["Command (this budget", "Full budget: `python train.py +experiment=estimators_mnist`",
-                 "Seeds: 0, 1", "Hardware: cpu", "Git revision:", "Budget: 2 epoch(s)"]:
+                 "Seeds: 0, 1", "Hardware: cpu", "Git revision:", "Budget: 2 epoch(s)", "Smoke test: ",
+                 "**Smoke test, not a reproduction** (budget `tiny`"]:
         assert fact in text, fact
-    head = next(line for line in text.splitlines() if line.startswith("| K |"))
-    assert head.rstrip(" |").endswith("paper")
+    head = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| K |")).strip("|")
+            .split("|")]
+    assert head[3:6] == ["paper", "ours: test NLL (IWAE-10)", "gap (ours - paper)"]
+    assert head[7:10] == ["epochs", "steps", "train time"]
     rows = [line for line in text.splitlines() if line.startswith("| 5 |")]
     assert len(rows) == 2
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cells[3]), cells  # test NLL, two seeds
-        assert cells[-2] == "0, 1"
+        assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cells[4]), cells  # test NLL, two seeds
+        assert cells[7] == "2" and cells[8] == "6" and cells[-1] == "0, 1"  # the row's budget; its seeds
     assert (tmp / "out" / "estimators_mnist_curves.png").stat().st_size > 1000
 
 
@@ -128,4 +147,33 @@ def test_iwae_table_puts_paper_numbers_beside_ours(tmp_path):
     text = (tmp_path / "out" / "iwae_table1.md").read_text()
     row5 = next(line for line in text.splitlines() if line.startswith("| 5 |"))
     assert "86.47" in row5 and "85.54" in row5 and "101.00 ± 1.41" in row5
+    assert "+15.46 ± 1.00" in row5  # the gap to the paper's IWAE k = 5 (85.54), with its standard error
     assert "not directly comparable" in text
+
+
+def test_paired_differences_against_the_gaussian_row(tmp_path):
+    """K = 3 minus K = 1 per seed, mean and standard error (hand-written summaries; fake numbers on purpose)."""
+    def summary(K, seed, ll):
+        cfg = {"dataset": {"name": "binarized_mnist"}, "model": {"num_components": K}, "seed": seed,
+               "estimator": {"_target_": "mixvae.estimators.graves.Graves"},
+               "train": {"objective": "elbo", "num_samples": 1, "batch_size": 100, "max_batches": None},
+               "eval": {"max_batches": None, "batch_size": 100}}
+        return {"status": "completed", "epochs": 200, "steps": 100000, "config": cfg, "data": {"test": 10000},
+                "metrics": {"test/nll_iwae50": -ll, "test/elbo": ll - 5, "time/epoch_s": 10.0,
+                            "time/train_s": 2000.0},
+                "git": {"commit": "abc", "dirty": False}, "hardware": {"device": "cpu"}, "wall_time_s": 30.0}
+    values = {(1, 0): -97.0, (1, 1): -96.0, (1, 2): -98.0, (3, 0): -96.5, (3, 1): -95.7, (3, 2): -97.3}
+    for (K, seed), ll in values.items():
+        d = tmp_path / "runs" / "nalisnick_dlgm" / f"K{K}-{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(summary(K, seed, ll)))
+    (tmp_path / "runs" / "nalisnick_dlgm" / "sweep.json").write_text(json.dumps({"budget": "cpu"}))
+    make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables",
+                       "nalisnick_dlgm", "--smoke-runs", str(tmp_path / "none")])
+    text = (tmp_path / "out" / "nalisnick_dlgm.md").read_text()
+    assert "**Reproduction budget** (`cpu`)" in text and "Smoke test" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| K = 3 graves |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:6] == ["+0.50", "0.12", "3", "better"], cells  # diffs 0.5, 0.3, 0.7
+    gauss = next(line for line in text.splitlines() if line.startswith("| 1 |"))
+    assert "-97.00 ± 1.00" in gauss and "-0.20 ± 0.58" in gauss  # ours, gap to the paper's -96.80
