@@ -157,3 +157,20 @@ def test_a_vae_with_each_family_builds_from_the_config_and_steps(posterior, prio
     assert torch.isfinite(out.objective).all()
     (-out.surrogate.mean()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("estimator", available())
+@pytest.mark.parametrize("bad", ["event_kept", "samples_only", "scalar", "batch_only", "transposed"])
+def test_f_returning_the_wrong_shape_is_one_line_error(estimator, bad):
+    """f must return [S', *batch]; anything else (here with S = 2, batch 3, D = 4) is refused, not scrambled."""
+    from mixvae.distributions import DiagGaussianMixture
+
+    torch.manual_seed(5)
+    q = DiagGaussianMixture(torch.randn(3, 2, requires_grad=True), torch.randn(3, 2, 4), torch.rand(3, 2, 4) + 0.5)
+    wrong = {"event_kept": lambda z: z, "samples_only": lambda z: z.sum((-1, -2)),
+             "scalar": lambda z: z.sum(), "batch_only": lambda z: z.sum((0, -1)),
+             "transposed": lambda z: z.sum(-1).transpose(0, 1)}[bad]
+    est = build(estimator, context_dim=CONTEXT)
+    with pytest.raises(ValueError, match=r"f\(z\) must return one value per sample") as err:
+        est(q, wrong, num_samples=2, objective="elbo", context=torch.zeros(3, CONTEXT))
+    assert "\n" not in str(err.value)
