@@ -67,7 +67,7 @@ class DiagGaussianMixture(Distribution):
     ``event_shape`` is ``(D,)``.
 
     ``rsample`` draws exactly (component index, then Gaussian) and differentiates with Graves' transform:
-    the gradient holds the distributional transform u = F(z) fixed (``shared/docs/estimators.md`` section 1),
+    the gradient holds the distributional transform u = F(z) fixed (see ``graves_transform`` for the math),
     in O(K D) time and memory per sample. With K = 1 it is exactly ``Normal(loc, scale).rsample``.
     float16 and bfloat16 parameters are sampled and differentiated in float32 (see :meth:`rsample`).
     """

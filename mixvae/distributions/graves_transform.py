@@ -1,8 +1,7 @@
 r"""Graves' pathwise gradient for samples of a diagonal Gaussian mixture.
 
 Graves (2016), "Stochastic backpropagation through mixture density distributions"; generalised as implicit
-reparameterization by Figurnov, Mohamed & Mnih (2018). The math and notation are those of
-``shared/docs/estimators.md`` section 1; in short, for one sample z of
+reparameterization by Figurnov, Mohamed & Mnih (2018). For one sample z of
 
     q(z) = sum_k pi_k prod_d N(z_d; mu_kd, sigma_kd)
 
