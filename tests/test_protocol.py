@@ -174,3 +174,24 @@ def test_f_returning_the_wrong_shape_is_one_line_error(estimator, bad):
     with pytest.raises(ValueError, match=r"f\(z\) must return one value per sample") as err:
         est(q, wrong, num_samples=2, objective="elbo", context=torch.zeros(3, CONTEXT))
     assert "\n" not in str(err.value)
+
+
+def test_kl_warm_up_weights_the_kl_term_in_training_only():
+    torch.manual_seed(6)
+    model = MixtureVAE(X_DIM, latent_dim=D, hidden=[8], posterior=family("normal"), kl_warmup_steps=4)
+    plain = MixtureVAE(X_DIM, latent_dim=D, hidden=[8], posterior=family("normal"))
+    assert "step" in model.state_dict() and "step" not in plain.state_dict()  # old checkpoints keep their keys
+    x, z = x_batch(), torch.randn(3, 4, D)
+    q = model.posterior(x)
+    recon = model.decoder.log_prob(x, z)
+    torch.testing.assert_close(model.log_weight_fn(x, q)(z), recon)  # step 0: beta = 0
+    est = build("graves")
+    for _ in range(2):
+        out = model(x, est, num_samples=1, objective="elbo")
+    assert int(model.step) == 2 and float(out.metrics["train/kl_weight"]) == 0.25
+    full = recon + model.prior.log_prob(z) - q.log_prob(z)
+    torch.testing.assert_close(model.log_weight_fn(x, q)(z), recon + 0.5 * (full - recon))
+    model.eval()  # evaluation: the plain f
+    torch.testing.assert_close(model.log_weight_fn(x, q)(z), full)
+    model(x, est, num_samples=1, objective="elbo")
+    assert int(model.step) == 2  # eval calls do not advance the warm-up

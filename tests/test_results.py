@@ -177,3 +177,23 @@ def test_paired_differences_against_the_gaussian_row(tmp_path):
     assert cells[2:6] == ["+0.50", "0.12", "3", "better"], cells  # diffs 0.5, 0.3, 0.7
     gauss = next(line for line in text.splitlines() if line.startswith("| 1 |"))
     assert "-97.00 ± 1.00" in gauss and "-0.20 ± 0.58" in gauss  # ours, gap to the paper's -96.80
+
+
+def test_latent_families_table_end_to_end(tmp_path):
+    """The families table from real tiny runs: two families, the driver, the names, the peer column."""
+    data = write_fixture_root(tmp_path / "data", n_train=200, n_test=60)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONHASHSEED": "0"}
+    cmd = [sys.executable, str(REPO / "experiments" / "run_tables.py"), "latent_families", "--budget", "tiny",
+           "--jobs", "1", "--sweep-root", str(tmp_path / "sweeps"), "--results", str(tmp_path / "runs"),
+           "--set", f"dataset.root={data}", "--set", "seed=0", "--set", "model.latent_dim=2",
+           "--set", "experiment/families@_global_=normal,gamma", "--set", "estimator=graves"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "runs" / "latent_families").iterdir() if p.is_dir())
+    assert names == ["mnist-gamma-D2-graves-elbo1-seed0", "mnist-normal-D2-graves-elbo1-seed0"]
+    make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables",
+                       "latent_families", "--smoke-runs", str(tmp_path / "none")])
+    text = (tmp_path / "out" / "latent_families.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| normal")
+            or line.startswith("| gamma")}
+    assert set(rows) == {"normal", "gamma"} and "141.9" in rows["normal"] and "143.4" in rows["gamma"]

@@ -49,13 +49,16 @@ class MixtureVAE(nn.Module):
         prior: an nn.Module with ``log_prob(z) [..., D] -> [...]`` (None: N(0, I)).
         decoder: factory (latent features, hidden, x_dim, activation, train_mean) -> decoder module with
             ``log_prob(x, features)`` (None: BernoulliDecoder); it sees ``posterior.embed(z)``.
+        kl_warmup_steps: KL warm-up (Sonderby et al. 2016; Bowman et al. 2016): in training, the first N steps
+            use f = log p(x | z) + beta (log p(z) - log q(z | x)) with beta rising linearly from 0 to 1 (a
+            checkpointed step counter); evaluation always uses beta = 1. 0: none (the plain f).
     """
 
     def __init__(self, x_dim: int, num_components: int = 1, latent_dim: int = 50,
                  hidden: list[int] | tuple[int, ...] = (200, 200), activation: str = "tanh",
                  min_scale: float = 1e-3, init_spread: float = 1.0, train_mean: Tensor | None = None,
                  encoder_top_linear: bool = False, posterior=None, prior: nn.Module | None = None,
-                 decoder: Callable[..., nn.Module] | None = None):
+                 decoder: Callable[..., nn.Module] | None = None, kl_warmup_steps: int = 0):
         super().__init__()
         if num_components < 1:
             raise ValueError(f"model.num_components (K) must be >= 1, got {num_components}")
@@ -68,6 +71,17 @@ class MixtureVAE(nn.Module):
         self.decoder = (decoder or BernoulliDecoder)(self.family.embed_dim(latent_dim), hidden[::-1], x_dim,
                                                      activation, train_mean)
         self.prior = prior if prior is not None else StandardNormal()
+        if kl_warmup_steps < 0:
+            raise ValueError(f"model.kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
+        self.kl_warmup_steps = int(kl_warmup_steps)
+        if self.kl_warmup_steps:  # only then: checkpoints of models without warm-up keep their keys
+            self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def kl_weight(self) -> Tensor | None:
+        """beta of the KL warm-up for the current step (None: no warm-up, or not training)."""
+        if not (self.kl_warmup_steps and self.training):
+            return None
+        return (self.step.double() / self.kl_warmup_steps).clamp(max=1.0)
 
     def posterior(self, x: Tensor) -> Distribution:
         """q(z | x) for x [B, x_dim]: batch shape [B], event shape (D,)."""
@@ -83,13 +97,21 @@ class MixtureVAE(nn.Module):
         log q is the marginal mixture density (logsumexp over components), never the density of the component
         a sample came from. S' is free: enumeration evaluates f at K * S points.
         """
-        return lambda z: self.log_joint(x, z) - q.log_prob(z)
+        beta = self.kl_weight()
+        if beta is None:
+            return lambda z: self.log_joint(x, z) - q.log_prob(z)
+        return lambda z: (self.decoder.log_prob(x, self.family.embed(z))
+                          + beta.to(z.dtype) * (self.prior.log_prob(z) - q.log_prob(z)))
 
     def forward(self, x: Tensor, estimator: nn.Module, num_samples: int, objective: str, **kwargs):
         """One estimator call on a batch x [B, x_dim]; returns its EstimatorOutput (objective/surrogate [B])."""
         q = self.posterior(x)
-        return estimator(q, self.log_weight_fn(x, q), num_samples=num_samples, objective=objective,
-                         context=x, **kwargs)
+        out = estimator(q, self.log_weight_fn(x, q), num_samples=num_samples, objective=objective,
+                        context=x, **kwargs)
+        if self.kl_warmup_steps and self.training:
+            out.metrics["train/kl_weight"] = self.kl_weight().detach()
+            self.step += 1
+        return out
 
     @torch.no_grad()
     def evaluate_batch(self, x: Tensor, num_samples: int, chunk: int) -> dict[str, Tensor]:
