@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import constraints
 
 
 def _mean(values: Tensor, dim: int = 0) -> Tensor:
@@ -87,6 +88,25 @@ MIXTURE = Need("enumerable mixture components (" + ", ".join(_MIXTURE_API) + ")"
                lambda q: all(hasattr(q, a) for a in _MIXTURE_API))
 
 
+def innermost(q):
+    """The distribution inside any Independent wrappers (q itself if there are none)."""
+    while getattr(q, "base_dist", None) is not None:
+        q = q.base_dist
+    return q
+
+
+def _relaxable(q) -> bool:
+    base = innermost(q)
+    return (getattr(base, "has_enumerate_support", False) and isinstance(getattr(base, "logits", None), Tensor)
+            and getattr(base, "support", None) in (constraints.boolean, constraints.one_hot))
+
+
+# a discrete distribution with a continuous relaxation (Bernoulli or OneHotCategorical with logits, also inside
+# Independent): read from torch's own flags and support, never from the class name.
+DISCRETE_RELAXABLE = Need("a relaxable discrete distribution (logits, has_enumerate_support, support boolean "
+                          "or one_hot: Bernoulli, OneHotCategorical, also in Independent)", _relaxable)
+
+
 def check_values(values: Tensor, z: Tensor, q, name: str) -> Tensor:
     """f's contract: one value per sample, shape [S', *batch] for z [S', *batch, *event]; else a ValueError."""
     event = len(q.event_shape)
@@ -123,6 +143,7 @@ class Estimator(nn.Module):
         name: the registry name (the yaml stem in mixvae/configs/estimator/); `build` sets it too.
         needs: the capabilities of q it uses (`Need`s); `check` tests q against them.
         unbiased: whether E[grad surrogate] equals grad E[objective] exactly (tests discover this).
+        relaxed: a relaxation whose bias vanishes as its temperature falls (tests discover this).
         min_samples: smallest num_samples the estimator is defined for.
         objectives: the objectives it supports.
     """
@@ -130,6 +151,7 @@ class Estimator(nn.Module):
     name: str = "estimator"
     needs: tuple[Need, ...] = (SAMPLE_LOG_PROB,)
     unbiased: bool = True
+    relaxed: bool = False  # f is evaluated at relaxed (continuous) points whose bias vanishes as a temperature -> 0
     min_samples: int = 1
     objectives: tuple[str, ...] = tuple(OBJECTIVES)
 

@@ -107,6 +107,45 @@ class LeaveOneOutBaseline(Baseline):
         return leave_one_out(values.detach(), objective), signal.new_zeros(())
 
 
+class SignalNormalizer(nn.Module):
+    """NVIL's variance normalization (Mnih & Gregor 2014, section 3.3): the centred learning signal is divided
+    by max(1, sqrt(v)), v a running estimate of its variance (exponential moving averages of the batch mean and
+    mean square of signal - b, updated in training mode).
+
+    The divisor used for a batch is the one from before that batch (1 at the first), so it never depends on the
+    sample it scales. It rescales the score-function part of the gradient only, so the estimator is no longer
+    unbiased for the objective's gradient: on q's parameters it is unbiased for that gradient divided by the
+    divisor when f depends on them only through terms of zero mean (a discrete q's -log q(z) in the ELBO).
+    """
+
+    def __init__(self, momentum: float = 0.9):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"normalize momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean_square", torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def divisor(self) -> Tensor:
+        """0-d max(1, running std); 1 before the first update."""
+        var = (self.mean_square - self.mean.pow(2)).clamp_min(0.0)
+        return torch.where(self.initialized, var.sqrt().clamp_min(1.0), torch.ones_like(var))
+
+    def forward(self, centred: Tensor) -> Tensor:
+        """centred [S, *batch] (detached) -> the divisor 0-d (detached, from before this batch)."""
+        d = self.divisor().to(centred.dtype, copy=True)
+        if self.training:
+            with torch.no_grad():
+                c = centred.detach().to(self.mean.dtype)
+                m, ms = c.mean(), c.pow(2).mean()
+                a = self.momentum
+                self.mean.copy_(torch.where(self.initialized, a * self.mean + (1 - a) * m, m))
+                self.mean_square.copy_(torch.where(self.initialized, a * self.mean_square + (1 - a) * ms, ms))
+                self.initialized.fill_(True)
+        return d
+
+
 # name -> factory(context_dim, momentum, hidden): the registry of baseline options.
 BASELINES: dict[str, Callable[[int | None, float, int], Baseline]] = {
     "none": lambda context_dim, momentum, hidden: NoBaseline(),
@@ -124,7 +163,8 @@ def make_baseline(kind: str, context_dim: int | None, momentum: float, hidden: i
 
 
 def score_surrogate(
-    values: Tensor, log_prob: Tensor, objective: str, baseline: Baseline, context: Tensor | None
+    values: Tensor, log_prob: Tensor, objective: str, baseline: Baseline, context: Tensor | None,
+    normalizer: SignalNormalizer | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Surrogate with one score-function term per sample (REINFORCE with a baseline).
 
@@ -134,6 +174,7 @@ def score_surrogate(
         ELBO: surrogate = L + (1/S) sum_s stopgrad(f_s - b_s) log_prob_s,   L = mean_s f_s
         IWAE: surrogate = L +       sum_s stopgrad(L   - b_s) log_prob_s,   L = log mean_s exp f_s
     (each f_t with t != s is independent of sample s, so the ELBO's signal for s needs only f_s).
+    With a ``normalizer`` the centred signal (signal - b) is divided by its divisor (NVIL, see SignalNormalizer).
     Returns (L detached [*batch], surrogate [*batch], aux_loss 0-d, baseline b [S, *batch]).
     """
     S = values.shape[0]
@@ -143,7 +184,10 @@ def score_surrogate(
     else:
         signal, weight = L.detach().expand_as(values), 1.0
     b, aux_loss = baseline(signal, values, objective, context)  # [S, *batch], detached
-    surrogate = L + weight * ((signal - b) * log_prob).sum(0)
+    centred = signal - b
+    if normalizer is not None:
+        centred = centred / normalizer(centred)
+    surrogate = L + weight * (centred * log_prob).sum(0)
     return L.detach(), surrogate, aux_loss, b
 
 

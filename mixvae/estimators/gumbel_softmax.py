@@ -1,12 +1,20 @@
-"""Gumbel-softmax / Concrete relaxation of the component index (Jang et al. 2017; Maddison et al. 2017).
-Needs a mixture posterior. BIASED: its bias is measured by the tests, not hidden.
+"""Gumbel-softmax / Concrete relaxation (Jang et al. 2017; Maddison et al. 2017). BIASED: its bias is measured
+by the tests, not hidden.
 
+On a mixture posterior (the `MIXTURE` capability) it relaxes the component index:
     y = softmax((log pi + g) / tau),  g ~ Gumbel(0, 1) [K];   z = sum_k y_k (mu_k + sigma_k eps)  (eps shared by k)
-f is evaluated at the relaxed z (f, not the estimator, uses the true mixture log q). Straight-through
-(Jang et al. 2017, section 2.2): forward with one_hot(argmax y), i.e. an exact sample of q, backward through y.
-Temperature: tau_t = max(tau_min, tau0 exp(-anneal_rate t)), t = number of training-mode calls so far
-(a buffer, so it is checkpointed); anneal_rate = 0 keeps tau = tau0.
+f is evaluated at the relaxed z (f, not the estimator, uses the true mixture log q).
+On a discrete posterior (`DISCRETE_RELAXABLE`: Bernoulli or OneHotCategorical logits, in Independent or not) it
+relaxes the variables themselves: the Gumbel-softmax sample of each one-hot variable (Jang et al. 2017, eq. 2),
+the binary Concrete sample of each bit (Maddison et al. 2017, section 3.3), see relax.py; f is evaluated at the
+relaxed z, so the model's f must accept points of the simplex / of [0, 1] (mixvae.models.discrete does).
+Straight-through (Jang et al. 2017, section 2.2): forward with the exact sample the same noise gives
+(one_hot(argmax y), or y > 1/2), backward through y.
+Temperature: tau_t = max(tau_min, tau0 exp(-anneal_rate t')), updated every ``anneal_every`` training-mode calls
+(relax.py; a checkpointed buffer); anneal_rate = 0 keeps tau = tau0.
 out.objective is the objective of the relaxed samples (exact samples with straight_through); S evaluations of f.
+As tau -> 0 the relaxed sample tends to the exact one and the (non-straight-through) bias vanishes, while the
+variance of the gradient grows (about 1/tau).
 """
 
 from __future__ import annotations
@@ -14,13 +22,18 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from mixvae.estimators.base import MIXTURE, Estimator, EstimatorOutput, reduce_samples
+from mixvae.estimators.base import (DISCRETE_RELAXABLE, MIXTURE, EstimatorOutput, Need, innermost,
+                                    reduce_samples)
+from mixvae.estimators.relax import Annealed, relaxed_sample
+
+RELAXABLE = Need(f"{MIXTURE.what}, or {DISCRETE_RELAXABLE.what}", lambda q: MIXTURE(q) or DISCRETE_RELAXABLE(q))
 
 
-class GumbelSoftmax(Estimator):
+class GumbelSoftmax(Annealed):
     name = "gumbel_softmax"
-    needs = (MIXTURE,)
+    needs = (RELAXABLE,)
     unbiased = False
+    relaxed = True  # f is evaluated at relaxed points: the bias vanishes as tau -> 0
 
     def __init__(
         self,
@@ -28,26 +41,26 @@ class GumbelSoftmax(Estimator):
         temperature_min: float = 0.5,
         anneal_rate: float = 0.0,
         straight_through: bool = False,
+        anneal_every: int = 1,
         context_dim: int | None = None,
     ):
-        super().__init__(context_dim)
-        if not (temperature > 0 and temperature_min > 0 and anneal_rate >= 0):
-            raise ValueError(
-                f"gumbel_softmax needs temperature > 0, temperature_min > 0, anneal_rate >= 0; got "
-                f"temperature={temperature}, temperature_min={temperature_min}, anneal_rate={anneal_rate}"
-            )
-        self.temperature0 = float(temperature)
-        self.temperature_min = float(min(temperature_min, temperature))
-        self.anneal_rate = float(anneal_rate)
+        super().__init__(temperature, temperature_min, anneal_rate, anneal_every, context_dim)
         self.straight_through = bool(straight_through)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-
-    def temperature(self) -> torch.Tensor:
-        """0-d tensor tau_t (on the buffer's device; no host sync)."""
-        tau = self.temperature0 * torch.exp(-self.anneal_rate * self.step.double())
-        return tau.clamp_min(self.temperature_min)
 
     def estimate(self, q, f, num_samples, objective, context):
+        if MIXTURE(q):
+            z, tau = self._relax_index(q, num_samples)
+        else:
+            tau = self.temperature().to(innermost(q).logits.dtype)
+            z = relaxed_sample(q, num_samples, tau, self.straight_through)  # [S, *batch, *event]
+        values = f(z)  # [S, *batch]
+        surrogate = reduce_samples(values, objective)
+        self.tick()
+        return EstimatorOutput(
+            surrogate.detach(), surrogate, {"temperature": tau.detach()}, values.new_zeros(())
+        )
+
+    def _relax_index(self, q, num_samples):
         log_w = q.log_weights  # [*batch, K]
         loc, scale = q.loc, q.scale  # [*batch, K, D]
         tau = self.temperature().to(log_w.dtype)
@@ -59,16 +72,7 @@ class GumbelSoftmax(Estimator):
             y = hard + y - y.detach()  # value: one-hot; gradient: that of y
         eps = torch.randn((num_samples, *loc.shape[:-2], loc.shape[-1]), dtype=loc.dtype, device=loc.device)
         z = (y.unsqueeze(-1) * (loc + scale * eps.unsqueeze(-2))).sum(-2)  # [S, *batch, D]
-        values = f(z)  # [S, *batch]
-        surrogate = reduce_samples(values, objective)
-        if self.training:
-            self.step += 1
-        return EstimatorOutput(
-            surrogate.detach(), surrogate, {"temperature": tau.detach()}, values.new_zeros(())
-        )
+        return z, tau
 
     def extra_repr(self) -> str:
-        return (
-            f"name={self.name!r}, temperature={self.temperature0}, temperature_min={self.temperature_min}, "
-            f"anneal_rate={self.anneal_rate}, straight_through={self.straight_through}"
-        )
+        return f"{super().extra_repr()}, straight_through={self.straight_through}"
