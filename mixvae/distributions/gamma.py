@@ -90,7 +90,9 @@ def _continued_fraction_grad(a: torch.Tensor, x: torch.Tensor, max_iter: int) ->
         a_prev, b_prev, da_prev, db_prev = a_cur * scale, b_cur * scale, da_cur * scale, db_cur * scale
         a_cur, b_cur, da_cur, db_cur = a_new * scale, one, da_new * scale, db_new * scale
         k_new, dk_new = a_cur, da_cur - a_cur * db_cur
-        settled = ((k_new - k).abs() <= 4 * _EPS * k_new.abs()) & ((dk_new - dk).abs() <= 4 * _EPS * dk_new.abs())
+        # dK is a difference: its rounding noise is relative to its two terms, not to itself
+        settled = (((k_new - k).abs() <= 4 * _EPS * k_new.abs())
+                   & ((dk_new - dk).abs() <= 4 * _EPS * (da_cur.abs() + (a_cur * db_cur).abs())))
         k = torch.where(done, k, k_new)
         dk = torch.where(done, dk, dk_new)
         done = done | settled
