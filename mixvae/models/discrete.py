@@ -140,7 +140,8 @@ class DiscreteVAE(nn.Module):
         """(log q(z), log p(z)) [S', B] for z [S', B, *event], linear in z between the vertices."""
         logits = self._logits(q)
         if self.latent == "bernoulli":
-            return bernoulli_code_log_prob(logits, z), z.sum(-1) * -math.log(2.0)
+            # log Bernoulli(z; 1/2) = z log 1/2 + (1 - z) log 1/2 = -log 2 per bit, for every z in [0, 1]
+            return bernoulli_code_log_prob(logits, z), z.new_full(z.shape[:-1], -z.shape[-1] * math.log(2.0))
         log_q = (z * torch.log_softmax(logits, -1)).sum((-1, -2))
         return log_q, z.sum((-1, -2)) * -math.log(self.num_classes)
 
