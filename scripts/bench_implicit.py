@@ -274,7 +274,7 @@ def speed_rows(n, reps):
                 row[f"torch {label}"] = median_time(torch_step(theirs, ps, n), reps) / n
         if fd is not None:
             cdf, inverse, draw = fd
-            m = n if "von Mises" not in name else max(n // 20, 100)  # scipy's von Mises ppf is a root search
+            m = n if "von Mises" not in name else max(n // 50, 40)  # scipy's von Mises ppf is a root search
             vals = [float(p) for p in params]
             row["finite differences (scipy)"] = median_time(fd_step(cdf, inverse, vals, draw, m), max(reps // 2, 1)) / m
         if peer is not None:
@@ -310,7 +310,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/implicit_gradients.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    n_acc = 4 if args.quick else 10
+    n_acc = 4 if args.quick else 8
     command = "python scripts/bench_implicit.py" + (" --quick" if args.quick else "")
     lines = header("Implicit reparameterization gradients: accuracy and speed", command)
     load = os.getloadavg()
@@ -350,8 +350,8 @@ def main(argv=None):
     for family, who, dtype, err in acc:
         lines.append(f"| {family} | {who} | {dtype} | {len(err)} | {fmt_err(np.median(err))} | "
                      f"{fmt_err(np.percentile(err, 99))} | {fmt_err(err.max())} |")
-    n_time = 2000 if args.quick else 20000
-    reps = 3 if args.quick else 7
+    n_time = 2000 if args.quick else 10000
+    reps = 3 if args.quick else 5
     speed = speed_rows(n_time, reps)
     print(f"speed: {time.perf_counter() - start:.0f} s", flush=True)
     cols = ["ours float32", "ours float64", "torch float32", "torch float64", "finite differences (scipy)",
@@ -362,7 +362,7 @@ def main(argv=None):
         "",
         f"Median of {reps} runs of {n_time} samples (one batch), gradient of sum(z) to every parameter. Finite",
         "differences: u = F(z) by scipy, then the inverse CDF at theta (1 +- 1e-6) per parameter, float64 (von",
-        "Mises on a twentieth of the samples: scipy's ppf is a root search). TFP: jax.jit of jax.grad of the",
+        "Mises on a fiftieth of the samples: scipy's ppf is a root search). TFP: jax.jit of jax.grad of the",
         "sample sum, after compilation. Empty: not available for that family.",
         "",
         "| distribution | " + " | ".join(cols) + " |",
