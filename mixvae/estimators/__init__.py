@@ -1,12 +1,17 @@
-"""Gradient estimators for objectives over a diagonal-Gaussian mixture q; one contract for all of them.
+"""Gradient estimators for objectives over a posterior q (the suite's subject: a diagonal-Gaussian mixture; also
+the continuous families of mixvae.distributions and discrete latents); one contract for all of them.
 
     est = mixvae.estimators.build("graves", **options)   # same object as hydra.utils.instantiate(cfg.estimator)
     est.check(q, num_samples, objective)                 # ValueError (one line) if unsupported; __call__ checks too
     out = est(q, f, num_samples=S, objective="elbo", context=None)   # or objective="iwae"
 
 Inputs
-    q        DiagGaussianMixture, batch shape [*batch], K components in D dimensions.
-    f        callable z [S', *batch, D] -> per-sample values [S', *batch]. It may depend on parameters (for a VAE
+    q        a Distribution, batch shape [*batch], event shape [*event]: DiagGaussianMixture (K components in D
+             dimensions), Independent(Normal / Gamma / Beta / VonMises), Independent(Bernoulli),
+             (Independent) OneHotCategorical, or a layered posterior q(h1 | x) q(h2 | h1) ... exposed as one
+             distribution (mixvae.models.discrete.LayeredPosterior). Each estimator's ``needs`` says what it uses
+             of q (base.py: PATHWISE, SAMPLE_LOG_PROB, MIXTURE, DISCRETE_RELAXABLE; grep.STANDARDIZABLE).
+    f        callable z [S', *batch, *event] -> per-sample values [S', *batch]. It may depend on parameters (for a VAE
              f(z) = log p(x, z) - log q(z), with the MARGINAL mixture log q). S' may differ from S (enumerate
              folds its K components into the sample axis), so f must not assume S' = S.
     context  optional [*batch, C] input features (a VAE passes the flattened x), used only by the

@@ -22,8 +22,14 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from mixvae.estimators.base import (DISCRETE_RELAXABLE, MIXTURE, EstimatorOutput, Need, innermost,
-                                    reduce_samples)
+from mixvae.estimators.base import (
+    DISCRETE_RELAXABLE,
+    MIXTURE,
+    EstimatorOutput,
+    Need,
+    innermost,
+    reduce_samples,
+)
 from mixvae.estimators.relax import Annealed, relaxed_sample
 
 RELAXABLE = Need(f"{MIXTURE.what}, or {DISCRETE_RELAXABLE.what}", lambda q: MIXTURE(q) or DISCRETE_RELAXABLE(q))

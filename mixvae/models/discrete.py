@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical, constraints
+from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 from torch.nn import functional as F
 
 from mixvae.models.decoder import BernoulliDecoder
