@@ -80,15 +80,24 @@ def test_resume_refuses_a_change_that_defines_the_run(config, tmp_path, change):
     train(config(change, "resume=false", "train.epochs=1"), tmp_path)  # the advice works
 
 
-def test_a_key_absent_from_an_old_checkpoint_at_its_default_is_no_change(config, tmp_path, caplog):
-    train(config("train.stop_after=1"), tmp_path)
-    path = tmp_path / "checkpoint.pt"
+def test_an_old_checkpoint_resumes_exactly_and_its_absent_keys_are_no_change(config, tmp_path, caplog):
+    """A checkpoint written before schedules and dataset.verify existed (no scheduler state, neither key in its
+    config) resumes bit for bit at the constant lr, and the keys it lacks do not count as changed."""
+    train(config("train.epochs=3"), tmp_path / "straight")
+    run = tmp_path / "run"
+    train(config("train.epochs=3", "train.stop_after=1"), run)
+    path = run / "checkpoint.pt"
     saved = torch.load(path, weights_only=False)
     del saved["scheduler"], saved["config"]["schedule"], saved["config"]["dataset"]["verify"]  # as written before
+    for group in saved["optimizer"]["param_groups"]:
+        del group["initial_lr"]
     torch.save(saved, path)
     with caplog.at_level("INFO"):
-        train(config(), tmp_path)
+        train(config("train.epochs=3"), run)
     assert not [r for r in caplog.records if "schedule" in r.message or "verify" in r.message]
+    old = [{k: v for k, v in r.items() if k != "train/lr"} for r in without_times(read_metrics(tmp_path / "straight"))]
+    new = [{k: v for k, v in r.items() if k != "train/lr"} for r in without_times(read_metrics(run))]
+    assert new == old
 
 
 def test_nan_advice_works_on_resume(config, tmp_path, monkeypatch):
