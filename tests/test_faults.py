@@ -80,6 +80,19 @@ def test_resume_refuses_a_change_that_defines_the_run(config, tmp_path, change):
     train(config(change, "resume=false", "train.epochs=1"), tmp_path)  # the advice works
 
 
+def test_weights_that_do_not_fit_are_one_line(config, tmp_path):
+    """The config check comes first; weights that still do not fit (a tampered file) are one line too."""
+    train(config("model.latent_dim=3", "train.stop_after=1"), tmp_path / "other")
+    train(config("train.stop_after=1"), tmp_path / "run")
+    saved = torch.load(tmp_path / "other" / "checkpoint.pt", weights_only=False)
+    saved["config"] = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["config"]
+    torch.save(saved, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ConfigError) as err:
+        train(config(), tmp_path / "run")
+    message = one_line(err)
+    assert "does not fit the configured model" in message and "resume=false" in message
+
+
 def test_an_old_checkpoint_resumes_exactly_and_its_absent_keys_are_no_change(config, tmp_path, caplog):
     """A checkpoint written before schedules and dataset.verify existed (no scheduler state, neither key in its
     config) resumes bit for bit at the constant lr, and the keys it lacks do not count as changed."""
@@ -269,7 +282,7 @@ def test_full_disk_on_a_real_small_tmpfs(config, tmp_path, straight):
         shutil.rmtree(run)
         shutil.copytree(small / "run", run)
     finally:
-        subprocess.run(["umount", str(small)], check=False)
+        subprocess.run(["umount", "-l", str(small)], check=False)  # lazy: detached even while a file is open
     train(config(*OVERRIDES), run)
     assert without_times(read_metrics(run)) == straight
 
