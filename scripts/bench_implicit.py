@@ -310,7 +310,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/implicit_gradients.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    n_acc = 4 if args.quick else 8
+    n_acc = 4 if args.quick else 6
     command = "python scripts/bench_implicit.py" + (" --quick" if args.quick else "")
     lines = header("Implicit reparameterization gradients: accuracy and speed", command)
     load = os.getloadavg()
@@ -350,7 +350,7 @@ def main(argv=None):
     for family, who, dtype, err in acc:
         lines.append(f"| {family} | {who} | {dtype} | {len(err)} | {fmt_err(np.median(err))} | "
                      f"{fmt_err(np.percentile(err, 99))} | {fmt_err(err.max())} |")
-    n_time = 2000 if args.quick else 10000
+    n_time = 2000 if args.quick else 5000
     reps = 3 if args.quick else 5
     speed = speed_rows(n_time, reps)
     print(f"speed: {time.perf_counter() - start:.0f} s", flush=True)

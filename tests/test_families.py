@@ -145,8 +145,8 @@ def test_dirichlet_jacobian_matches_mpmath_construction(dtype):
     assert max_rel_error(jac, ref, dtype) <= GAMMA_TOL[dtype]
 
 
-def test_torch_beta_grad_differs_per_sample_but_agrees_in_mean():
-    """torch's Beta uses the same two-gamma construction with its approximate gamma derivative; at a = 3 its
+def test_torch_beta_gradient_agrees_in_mean():
+    """torch's Beta holds I_z(a, b) fixed (another noise, another per-sample derivative); at a = 3 its
     gradient of E[z] agrees with ours to Monte Carlo precision (both unbiased)."""
     a, b = torch.tensor(3.0, dtype=torch.float64, requires_grad=True), torch.tensor(1.5, dtype=torch.float64)
     torch.manual_seed(6)
@@ -165,7 +165,7 @@ def von_mises_points(kappa: float, dtype: torch.dtype):
     """Drawn samples plus the hard points: x = 0 side, the regime seam arccos(A), far tails, and +-pi."""
     torch.manual_seed(7)
     x = torch.distributions.VonMises(torch.tensor(0.0, dtype=torch.float64),
-                                     torch.tensor(kappa, dtype=torch.float64)).sample((25,))
+                                     torch.tensor(kappa, dtype=torch.float64)).sample((12,))
     a = sc.i1e(kappa) / sc.i0e(kappa)
     sd = 1 / math.sqrt(kappa)
     hard = [1e-9, -1e-4, math.acos(a) * (1 - 1e-9), -math.acos(a) * (1 + 1e-9), 4 * sd, -8 * sd, 3.0, -3.1,
