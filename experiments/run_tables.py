@@ -10,7 +10,8 @@
 The tables, their experiment files and their budgets are the catalogue experiments/tables.yaml (read through
 scripts/make_results.py's `load_catalogue`). For each table:
 1. train:   python train.py +experiment=<table> <budget overrides> hydra.sweep.dir=<sweep root>/<budget>/<table>
-            with the joblib launcher (``--jobs`` runs at once, one torch thread each);
+            with the subprocess launcher (hydra/launcher=subprocess: each job in a fresh process, ``--jobs`` at
+            once, one torch thread each);
 2. measure: scripts/grad_variance_runs.py on every run dir (encoder gradient variance, SNR, step time at the
             final checkpoint, one fixed test batch) -> <run dir>/grad_variance.json;
 3. collect: summary.json, metrics.jsonl, config.yaml, grad_variance.json of every completed run ->
@@ -70,8 +71,9 @@ def train_command(table: str, budget: str, sweep_dir: Path, jobs: int, extra: li
     experiment = CATALOGUE["tables"][table]["experiment"]
     cmd = [sys.executable, str(REPO / "train.py"), f"+experiment={experiment}",
            *budget_entry(table, budget)["overrides"], f"hydra.sweep.dir={sweep_dir}"]
-    if jobs > 1:
-        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "threads=1"]
+    # every job in a fresh process (hydra_plugins/mixvae_launcher): a sweep that outlives a code edit never runs
+    # a new config on old code, and one failed job does not stop the others
+    cmd += ["hydra/launcher=subprocess", f"hydra.launcher.n_jobs={jobs}", "threads=1"]
     return cmd + list(extra)
 
 

@@ -244,6 +244,8 @@ def test_layered_posterior_is_a_normalized_distribution_over_all_layers():
 def test_unbiased_estimators_match_enumeration(name, options, fam, objective):
     family = FAMILIES[fam]
     est = configure(build(name, context_dim=CONTEXT, **options))
+    if objective not in est.objectives:
+        pytest.skip(f"{name} supports {est.objectives}")
     samples, out = sampled(est, family, objective, S=2, seed=1)
     assert max_z(samples, exact_gradient(family, objective)) < Z_MAX
     value = exact_value(family, objective)(*family.params, C0)

@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -91,7 +92,8 @@ def test_run_writes_metrics_summary_and_resolved_config(config, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
 def test_every_experiment_smoke_runs(config, tmp_path, name):
-    summary = train(config(f"+experiment={name}", "train.epochs=1"), tmp_path)
+    # schedule=constant: the staged IWAE schedule (the IWAE-style experiments' own) requires its full length
+    summary = train(config(f"+experiment={name}", "train.epochs=1", "schedule=constant"), tmp_path)
     assert summary["status"] == "completed" and math.isfinite(summary["metrics"]["test/elbo"])
 
 
@@ -102,6 +104,10 @@ ESTIMATORS = CONFIGS / "estimator" if (CONFIGS / "estimator").is_dir() else CONF
 def test_every_estimator_trains_the_vae(config, tmp_path, estimator):
     cfg = config(f"estimator={estimator}", "train.objective=iwae", "train.num_samples=2", "train.epochs=1",
                  "eval.every=0")
+    est = hydra.utils.instantiate(cfg.estimator, context_dim=784)
+    model = hydra.utils.instantiate(cfg.model, x_dim=784, train_mean=torch.full((784,), 0.3))
+    if not est.fits(model.posterior(torch.zeros(1, 784))) or "iwae" not in est.objectives:
+        pytest.skip(f"{estimator} does not fit the mixture VAE's posterior or objective (tests/test_discrete.py)")
     summary = train(cfg, tmp_path)
     assert math.isfinite(summary["metrics"]["test/elbo"])
     assert all(math.isfinite(r["train/objective"]) for r in read_metrics(tmp_path) if "train/objective" in r)

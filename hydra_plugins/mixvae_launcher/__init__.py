@@ -1,0 +1,1 @@
+"""mixvae's Hydra launcher plugin: ``hydra/launcher=subprocess`` (see subprocess_launcher.py)."""
