@@ -300,7 +300,10 @@ def budget_cells(rs: list[Run]) -> list[str]:
     early = sum(bool(r.summary.get("stopped_early")) for r in rs)
     steps = [r.summary["steps"] for r in rs]
     train_s = [r.metrics.get("time/train_s") for r in rs]
-    span = (lambda v: f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}")
+
+    def span(v):
+        return f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}"
+
     train = [t / 60 for t in train_s if t is not None]
     return [span(epochs) + (f" ({early} early stop{'s' if early > 1 else ''})" if early else ""), span(steps),
             (f"{min(train):.1f}-{max(train):.1f} min" if train else "—")]
