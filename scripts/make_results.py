@@ -46,11 +46,27 @@ def estimator_name(est: dict) -> str:
 
 
 def row_label(cfg: dict) -> str:
-    """'graves', 'score_function (mean)', 'gumbel_softmax (straight-through)': the estimator and its variant."""
+    """'graves', 'score_function (mean)', 'gumbel_softmax (straight-through, annealed)': the estimator and its
+    variant (baseline, NVIL's normalization, straight-through, temperature annealing)."""
     est = cfg["estimator"]
-    baseline = est.get("baseline")
-    variant = baseline if baseline is not None else ("straight-through" if est.get("straight_through") else None)
-    return estimator_name(est) + (f" ({variant})" if variant is not None else "")
+    parts = [est["baseline"]] if est.get("baseline") is not None else []
+    parts += ["normalized"] if est.get("normalize") else []
+    parts += ["straight-through"] if est.get("straight_through") else []
+    parts += ["annealed"] if est.get("anneal_rate") else []
+    return estimator_name(est) + (f" ({', '.join(parts)})" if parts else "")
+
+
+def model_label(cfg: dict) -> str:
+    """'SBN, 3 layers', 'DiscreteVAE (categorical)', 'MixtureVAE': the model class and its kind."""
+    m = cfg["model"]
+    name = m["_target_"].split(".")[-1]
+    if m.get("num_layers") is not None:
+        return f"{name}, {m['num_layers']} layer{'s' if m['num_layers'] > 1 else ''}"
+    return f"{name} ({m['latent']})" if m.get("latent") else name
+
+
+# the keys a `grid` table crosses (rows x columns), each a function of a run's config
+GRID_KEYS = {"samples": lambda c: c["train"]["num_samples"], "estimator": row_label, "model": model_label}
 
 
 def family_name(cfg: dict) -> str | None:
@@ -240,11 +256,12 @@ class TableSpec:
     title: str
     experiment: str
     intro: str
-    kind: str  # estimators | iwae | families | vs_k
+    kind: str  # estimators | iwae | families | grid | vs_k
     paper: dict = field(default_factory=dict)  # kind-specific paper numbers
     paper_note: str = ""
     loglik: bool = False  # show log-likelihood (= -NLL), as the paper does
     budgets: dict = field(default_factory=dict)  # budget name -> catalogue entry (reproduction, note, overrides)
+    grid: dict = field(default_factory=dict)  # kind grid: {rows: <GRID_KEYS key>, cols: <GRID_KEYS key>}
 
 
 def _paper_numbers(kind: str, rows: dict) -> dict:
@@ -253,6 +270,8 @@ def _paper_numbers(kind: str, rows: dict) -> dict:
                 for o, by_k in by_obj.items()}
     if kind == "families":  # family -> D -> NLL
         return {f: {int(d): v for d, v in by_d.items()} for f, by_d in rows.items()}
+    if kind == "grid":  # column -> row -> NLL (rows stay as written: numbers or labels)
+        return {c: dict(by_row) for c, by_row in rows.items()}
     return {int(k): v for k, v in rows.items()}
 
 
@@ -264,7 +283,7 @@ def table_specs(catalogue: dict | None = None) -> list[TableSpec]:
         note = (f"Paper: {paper['source']}; its budget: {paper['budget']}." if paper.get("source") else "")
         specs.append(TableSpec(name, t["title"], t["experiment"], t["intro"], t["kind"],
                                _paper_numbers(t["kind"], paper.get("rows") or {}), note, bool(t.get("loglik")),
-                               t.get("budgets") or {}))
+                               t.get("budgets") or {}, t.get("grid") or {}))
     return specs
 
 
@@ -462,6 +481,33 @@ def families_table(spec: TableSpec, runs: list[Run]) -> list[str]:
             "(its budget: 30 epochs).", "", spec.paper_note, ""]
 
 
+def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
+    """Rows x columns from `grid` in the catalogue (keys of GRID_KEYS), test NLL of each cell beside the paper's."""
+    rows_by, cols_by = spec.grid["rows"], spec.grid["cols"]
+    cell = defaultdict(list)
+    for r in runs:
+        if r.test_nll():
+            cell[GRID_KEYS[rows_by](r.cfg), GRID_KEYS[cols_by](r.cfg)].append(r.test_nll()[1])
+    paper = spec.paper  # column -> row -> number
+    cols = distinct([*paper, *sorted({k[1] for k in cell}, key=str)])
+    rows = sorted({k[0] for k in cell} | {k for by_row in paper.values() for k in by_row}, key=lambda v: (str(
+        type(v)), v))
+    head = [rows_by]
+    for col in cols:
+        head += [f"{col} (paper)", f"{col} (ours)", "gap"]
+    body = []
+    for row in rows:
+        line = [str(row)]
+        for col in cols:
+            p = (paper.get(col) or {}).get(row)
+            line += [f"{p:.2f}" if p is not None else "—", mean_std(cell.get((row, col), [])),
+                     gap_text(cell.get((row, col), []), p, 1.0)]
+        body.append(line)
+    samples = distinct(r.test_nll()[0] for r in runs if r.test_nll())
+    return [f"Test NLL (nats; IWAE-{'/'.join(map(str, samples)) or '?'} on the whole test set), mean ± std over "
+            "seeds; `gap` = ours minus the paper's.", "", *md_table(head, body), "", spec.paper_note, ""]
+
+
 def vs_k_table(spec: TableSpec, runs: list[Run], out: Path) -> list[str]:
     data = defaultdict(dict)  # label -> K -> entry
     for r in runs:
@@ -597,6 +643,8 @@ def build_table(spec: TableSpec, runs_root: Path, out: Path, smoke: bool = False
         lines += iwae_table(spec, runs)
     elif spec.kind == "families":
         lines += families_table(spec, runs)
+    elif spec.kind == "grid":
+        lines += grid_table(spec, runs)
     else:
         lines += vs_k_table(spec, runs, out)
     rel = folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder

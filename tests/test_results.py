@@ -197,3 +197,29 @@ def test_latent_families_table_end_to_end(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| normal")
             or line.startswith("| gamma")}
     assert set(rows) == {"normal", "gamma"} and "141.9" in rows["normal"] and "143.4" in rows["gamma"]
+
+
+def test_grid_table_crosses_estimators_and_models(tmp_path):
+    """gumbel_vae's layout from hand-written summaries (fake numbers on purpose): rows estimators, columns models."""
+    def summary(latent, est, nll):
+        cfg = {"dataset": {"name": "binarized_mnist"}, "seed": 0, "estimator": est,
+               "model": {"_target_": "mixvae.models.discrete.DiscreteVAE", "latent": latent, "num_components": 1},
+               "train": {"objective": "elbo", "num_samples": 1, "batch_size": 100, "max_batches": None},
+               "eval": {"max_batches": None, "batch_size": 100}}
+        return {"status": "completed", "epochs": 100, "steps": 50000, "config": cfg, "data": {"test": 10000},
+                "metrics": {"test/nll_iwae1000": nll, "test/elbo": -nll - 3}, "git": {"commit": "abc"},
+                "hardware": {"device": "cpu"}, "wall_time_s": 30.0}
+    gs = {"_target_": "mixvae.estimators.gumbel_softmax.GumbelSoftmax", "anneal_rate": 1e-4,
+          "straight_through": False}
+    sf = {"_target_": "mixvae.estimators.score_function.ScoreFunction", "baseline": "mean"}
+    for i, (latent, est, nll) in enumerate([("categorical", gs, 100.0), ("bernoulli", sf, 110.0)]):
+        d = tmp_path / "runs" / "gumbel_vae" / f"r{i}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(summary(latent, est, nll)))
+    make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "gumbel_vae",
+                       "--smoke-runs", str(tmp_path / "none")])
+    text = (tmp_path / "out" / "gumbel_vae.md").read_text()
+    gs_row = next(line for line in text.splitlines() if line.startswith("| gumbel_softmax (annealed) |"))
+    assert "101.50 | 100.00 (n=1) | -1.50" in gs_row and "105.00 | — | —" in gs_row
+    sf_row = next(line for line in text.splitlines() if line.startswith("| score_function (mean) |"))
+    assert "112.20 | 110.00 (n=1) | -2.20" in sf_row
