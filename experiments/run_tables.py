@@ -114,7 +114,8 @@ def collect(table: str, dirs: list[Path], dest_root: Path, command: list[str], b
         for fname in SMALL_FILES:
             if (run / fname).exists():
                 shutil.copy2(run / fname, out / fname)
-    shown = ["python", *(a.replace(f"{REPO}{os.sep}", "") for a in command[1:])]
+    # no machine folders in committed files: the repository relative, the home directory as ~
+    shown = ["python", *(a.replace(f"{REPO}{os.sep}", "").replace(str(Path.home()), "~") for a in command[1:])]
     driver = f"python experiments/run_tables.py {table} --budget {budget}"
     entry = budget_entry(table, budget)
     (dest / "sweep.json").write_text(json.dumps({
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
               f"({', '.join(f'{t} {m}' for t, m in estimates.items())})", flush=True)
     failed: list[str] = []
     for table in tables:
-        sweep_dir = (sweep_root / args.budget / table).resolve()
+        sweep_dir = (sweep_root / args.budget / table).absolute()  # not resolve(): keep a linked budget's name
         cmd = train_command(table, args.budget, sweep_dir, args.jobs, args.set)
         elapsed = None
         if not args.skip_train:
