@@ -232,7 +232,8 @@ def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
               + (f"; {early} run(s) stopped early" if early else "") + ".")
     seeds = sorted(distinct(c["seed"] for c in cfgs))
     hw = distinct(
-        f"{h.get('device')}, {h.get('processor') or h.get('machine')}, {h.get('cpu_count')} cores, "
+        f"{h.get('device')}, {h.get('cpu_model') or h.get('processor') or h.get('machine')}"
+        + (f" ({h['vector_isa']})" if h.get("vector_isa") else "") + f", {h.get('cpu_count')} cores, "
         f"{h.get('torch_threads')} torch thread(s) per run, torch {h.get('torch')}, {h.get('platform')}"
         for h in (r.summary.get("hardware", {}) for r in runs))
     gits = distinct(f"{(g.get('commit') or 'unknown')[:10]}{' (with uncommitted changes)' if g.get('dirty') else ''}"

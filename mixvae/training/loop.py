@@ -255,6 +255,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike, run_name: str | None = None):
         self.t_start = time.perf_counter()
+        self.git = git_revision()  # the code this invocation started with (the checkout may move while it runs)
         validate_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -632,7 +633,7 @@ class Trainer:
             "data": {"name": self.data.name, "source": portable_path(self.data.source), **self.data.sizes()},
             "num_params": {"model": sum(p.numel() for p in self.model.parameters()),
                            "estimator": sum(p.numel() for p in self.estimator.parameters())},
-            "git": git_revision(),
+            "git": self.git,
             "hardware": hardware(self.device),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }

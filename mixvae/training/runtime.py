@@ -110,12 +110,32 @@ def git_revision() -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def cpu_facts() -> dict:
+    """The CPU's model name and widest vector ISA, from /proc/cpuinfo (None where it cannot be read)."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware", "cpu model") and model is None:
+                    model = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = next((name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("SVE", "sve"),
+                                        ("NEON", "asimd"), ("SSE2", "sse2")) if flag in flags), None)
+    return {"cpu_model": model, "vector_isa": isa}
+
+
 def hardware(device: torch.device) -> dict:
     info = {
         "device": str(device),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor() or None,
+        **cpu_facts(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "graves_backend": graves_transform.describe_backend(),  # the name, and the kernel path run on CPU
