@@ -3,47 +3,98 @@
 Writes ``results/benchmarks/mixture_rsample.md`` (and ``..._cuda.md`` section when a GPU is present). For each
 (B, K, D) it times, in one process on one thread, the median of ``rsample`` + ``backward`` of
 
-- ``normal``:    a plain diagonal Normal rsample of shape [B, D] (the K = 1 floor),
-- ``graves``:    DiagGaussianMixture.rsample with the default backend ("auto": the C kernel on CPU, compiled
-                 PyTorch on CUDA); the columns ``compiled`` and ``eager`` are the same with the torch.compile'd
-                 and the plain PyTorch backward (CPU only: on CUDA the default is the compiled one),
+- ``normal``:    a plain diagonal Normal rsample of shape [B, D] (loc + scale * eps: the K = 1 floor),
+- ``Normal``:    ``torch.distributions.Normal(loc, scale).rsample()`` with default validation (the user's K = 1),
+- ``graves``:    DiagGaussianMixture(..., validate_args=False).rsample with the default backend ("auto": the C
+                 kernel on CPU, compiled PyTorch on CUDA); the columns ``compiled`` and ``eager`` are the same with
+                 the torch.compile'd and the plain PyTorch backward (CPU only: on CUDA the default is compiled),
+- ``user``:      ``DiagGaussianMixture(logits, loc, scale).rsample()`` as a user writes it (default validation),
 - ``enumerate``: K reparameterized samples, one per component, weighted by pi (the exact-enumeration cost),
-- ``pyro``:      pyro.distributions.MixtureOfDiagNormals (the nearest published peer; O(K^2 D)).
+- ``pyro``:      pyro.distributions.MixtureOfDiagNormals (the nearest published peer; O(K^2 D)),
+- ``tfp-jax``:   TensorFlow Probability on JAX, MixtureSameFamily(reparameterize=True) of Independent(Normal)
+                 sample + jax.grad jitted together (optional: the column says when jax / tfp are absent).
 
-The loss is sum(z * g) with a fixed random g, so every method does the same downstream work.
+The loss is sum(z * g) with a fixed random g, so every method does the same downstream work; every PyTorch method
+differentiates into the leaves' .grad, as a user's .backward() does.
 
-    python scripts/bench_rsample.py [--quick] [--device cpu|cuda|all] [--out results/benchmarks]
+    python scripts/bench_rsample.py [--quick] [--device cpu|cuda|all] [--out results/benchmarks/mixture_rsample.md]
+                                    [--note "two training jobs share the machine"]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+# one thread for XLA too (set before jax is imported)
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import torch  # noqa: E402
+from torch.distributions import Normal  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import hardware, header  # noqa: E402
+from _report import cpu_name, hardware, header  # noqa: E402
 
-from mixvae.distributions import DiagGaussianMixture  # noqa: E402
-from mixvae.distributions import graves_transform as gt  # noqa: E402
+from mixvae.distributions import DiagGaussianMixture, native  # noqa: E402
 
 try:
     from pyro.distributions import MixtureOfDiagNormals
 except ImportError:  # pyro is a dev extra; the column is left empty without it
     MixtureOfDiagNormals = None
 
+try:  # an optional peer: pip install tfp-nightly jax
+    import jax
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+
+    TFP_ERROR = None
+except Exception as err:  # noqa: BLE001 (any import failure only empties the column)
+    jax = jnp = tfp = None
+    TFP_ERROR = f"{type(err).__name__}: {err}"
+
+
+def cpu_description() -> str:
+    """The CPU model, its vector ISA and the C kernel path that ran (for the results files)."""
+    flags, family, model = set(), "?", "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "flags" and not flags:
+                    flags = set(value.split())
+                elif key == "cpu family" and family == "?":
+                    family = value.strip()
+                elif key == "model" and model == "?":
+                    model = value.strip()
+    except OSError:
+        pass
+    isa = [name for name, need in (("AVX-512", {"avx512f", "avx512bw", "avx512dq", "avx512vl"}),
+                                   ("AVX2+FMA", {"avx2", "fma"}), ("AMX", {"amx_tile"}), ("NEON", {"asimd"}))
+           if need <= flags]
+    path = native.isa() or f"unavailable ({native.unavailable_reason()})"
+    return (f"{cpu_name()} (cpu family {family}, model {model}), vector ISA: {', '.join(isa) or 'none detected'}; "
+            f"C kernel path `{path}` (torch CPU capability {torch.backends.cpu.get_cpu_capability()})")
+
+
+#: The clock of every timed call: wall time (time.perf_counter), or with --cpu-time the CPU time of this process
+#: (time.process_time: every thread of it, XLA's included), which leaves out the time the scheduler gives to other
+#: jobs on a shared machine (it then still counts their effect on the caches).
+CLOCK = {"fn": time.perf_counter, "name": "wall time"}
+
 
 def time_interleaved(methods, device, budget_s=3.0, min_reps=3, block=3):
-    """Median wall time (ms) of each method, the methods taking turns so that load from other processes falls
+    """Median time (ms, on CLOCK) of each method, the methods taking turns so that load from other processes falls
     on all of them alike. ``methods``: name -> (fn, max_reps). A turn is one untimed call (caches and the
     allocator warmed for this method, not the one before it) and then up to ``block`` timed calls; methods
     with max_reps <= 5 (the slow ones) skip the untimed call. A method stops at its max_reps, and every method
-    once min_reps are done and ~budget_s have passed."""
+    once min_reps are done and ~budget_s (wall time) have passed."""
+    clock = CLOCK["fn"]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for fn, _ in methods.values():
         fn()
@@ -62,21 +113,11 @@ def time_interleaved(methods, device, budget_s=3.0, min_reps=3, block=3):
                 fn()
                 sync()
             for _ in range(min(block, cap - len(times[name]))):
-                t = time.perf_counter()
+                t = clock()
                 fn()
                 sync()
-                times[name].append(time.perf_counter() - t)
+                times[name].append(clock() - t)
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
-
-
-def with_backend(name, fn):
-    def run():
-        gt.set_backend(name)
-        try:
-            fn()
-        finally:
-            gt.set_backend("auto")
-    return run
 
 
 def make_methods(b, k, d, device):
@@ -95,8 +136,18 @@ def make_methods(b, k, d, device):
         z = loc1 + scale1 * torch.randn(b, d, device=device)
         (z * weight).sum().backward()
 
-    def graves():
-        z = DiagGaussianMixture(logits, loc, scale, validate_args=False).rsample()
+    def normal_user():
+        z = Normal(loc1, scale1).rsample()
+        (z * weight).sum().backward()
+
+    def graves(backend="auto"):
+        def run():
+            z = DiagGaussianMixture(logits, loc, scale, validate_args=False, backend=backend).rsample()
+            (z * weight).sum().backward()
+        return run
+
+    def user():
+        z = DiagGaussianMixture(logits, loc, scale).rsample()
         (z * weight).sum().backward()
 
     def enumerate_():
@@ -107,7 +158,33 @@ def make_methods(b, k, d, device):
         z = MixtureOfDiagNormals(loc, scale, logits).rsample()
         (z * weight).sum().backward()
 
-    return {"normal": normal, "graves": graves, "enumerate": enumerate_, "pyro": pyro}
+    methods = {"normal": normal, "Normal": normal_user, "graves": graves(), "user": user,
+               "eager": graves("eager"), "compiled": graves("compile"), "enumerate": enumerate_, "pyro": pyro}
+    if tfp is not None and device == "cpu":
+        methods["tfp-jax"] = tfp_method(logits, loc, scale, weight)
+    return methods
+
+
+def tfp_method(logits, loc, scale, weight):
+    """TFP on JAX: sample + gradient of sum(z * g) with respect to (logits, loc, scale), jitted as one function."""
+    tfd = tfp.distributions
+    params = tuple(jnp.asarray(t.detach().numpy()) for t in (logits, loc, scale))
+    g = jnp.asarray(weight.numpy())
+
+    def loss(p, key):
+        q = tfd.MixtureSameFamily(tfd.Categorical(logits=p[0]), tfd.Independent(tfd.Normal(p[1], p[2]), 1),
+                                  reparameterize=True)
+        return (q.sample(seed=key) * g).sum()
+
+    step = jax.jit(jax.grad(loss))
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 100_000))
+
+    def run():
+        jax.block_until_ready(step(params, next(keys)))
+    return run
+
+
+COLUMNS = ("normal", "Normal", "graves", "user", "compiled", "eager", "enumerate", "pyro", "tfp-jax")
 
 
 def run(device, grid, pyro_budget_ms):
@@ -117,40 +194,36 @@ def run(device, grid, pyro_budget_ms):
         # the eager backward and Pyro's O(K^2 D) one are slow at the large sizes: a few calls there
         eager_ms = 0.03 * b * k * d / 1000  # rough: ~30 ns per (sample, component, dimension)
         slow = eager_ms * k / 2 > pyro_budget_ms
-        timed = {
-            "normal": (methods["normal"], 40),
-            "graves": (with_backend("auto", methods["graves"]), 40),
-            "eager": (with_backend("eager", methods["graves"]), 5 if eager_ms > 300 else 40),
-            "enumerate": (methods["enumerate"], 40),
-        }
+        timed = {name: (methods[name], 40) for name in ("normal", "Normal", "graves", "user", "enumerate")}
+        timed["eager"] = (methods["eager"], 5 if eager_ms > 300 else 40)
         if device == "cpu":
-            timed["compiled"] = (with_backend("compile", methods["graves"]), 40)
+            timed["compiled"] = (methods["compiled"], 40)
         if MixtureOfDiagNormals is not None:
             timed["pyro"] = (methods["pyro"], 2 if slow else 40)
-        row = {"B": b, "K": k, "D": d, "compiled": float("nan"), "pyro": float("nan")}
+        if "tfp-jax" in methods:
+            timed["tfp-jax"] = (methods["tfp-jax"], 40)
+        row = {"B": b, "K": k, "D": d, **{c: float("nan") for c in COLUMNS}}
         row.update(time_interleaved(timed, device))
         rows.append(row)
-        print(
-            f"{device} B={b:5d} K={k:3d} D={d:4d}  normal {row['normal']:8.3f}  graves {row['graves']:8.2f}  "
-            f"compiled {row['compiled']:8.2f}  eager {row['eager']:8.2f}  enumerate {row['enumerate']:7.2f}  "
-            f"pyro {row['pyro']:9.1f} ms",
-            flush=True,
-        )
+        print(f"{device} B={b:5d} K={k:3d} D={d:4d}  " + "  ".join(f"{c} {row[c]:.3f}" for c in COLUMNS) + " ms",
+              flush=True)
     return rows
 
 
 def table(rows):
     lines = [
-        "| B | K | D | normal (ms) | graves (ms) | graves compiled (ms) | graves eager (ms) | enumerate (ms) "
-        "| pyro (ms) | pyro / graves | graves / normal |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| B | K | D | normal (ms) | Normal (ms) | graves (ms) | user (ms) | graves compiled (ms) "
+        "| graves eager (ms) | enumerate (ms) | pyro (ms) | tfp-jax (ms) | pyro / user | tfp-jax / user "
+        "| graves / normal | user / Normal | validation share |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['B']} | {r['K']} | {r['D']} | {r['normal']:.3f} | {r['graves']:.2f} | {r['compiled']:.2f} "
-            f"| {r['eager']:.2f} "
-            f"| {r['enumerate']:.2f} | {r['pyro']:.1f} | {r['pyro'] / r['graves']:.1f}x "
-            f"| {r['graves'] / r['normal']:.1f}x |"
+            f"| {r['B']} | {r['K']} | {r['D']} | {r['normal']:.3f} | {r['Normal']:.3f} | {r['graves']:.2f} "
+            f"| {r['user']:.2f} | {r['compiled']:.2f} | {r['eager']:.2f} | {r['enumerate']:.2f} | {r['pyro']:.1f} "
+            f"| {r['tfp-jax']:.2f} | {r['pyro'] / r['user']:.1f}x | {r['tfp-jax'] / r['user']:.1f}x "
+            f"| {r['graves'] / r['normal']:.1f}x | {r['user'] / r['Normal']:.1f}x "
+            f"| {max(0.0, 1 - r['graves'] / r['user']):.0%} |"
         )
     return lines
 
@@ -173,25 +246,61 @@ def targets(rows):
     out = []
     r = by.get((1000, 10, 50))
     if r:
-        out.append(f"- B=1000, K=10, D=50: {r['pyro'] / r['graves']:.1f}x faster than Pyro (target >= 10x); "
-                   f"{r['graves'] / r['normal']:.1f}x the plain Normal (target <= 8x)")
+        out.append(f"- B=1000, K=10, D=50, the user's pattern: {r['user'] / r['Normal']:.1f}x the user's Normal "
+                   f"(target <= 6x); {r['pyro'] / r['user']:.1f}x faster than Pyro (target >= 20x); validation "
+                   f"{max(0.0, 1 - r['graves'] / r['user']):.0%} of it (target <= 10%)")
+    r = by.get((100, 40, 200))
+    if r:
+        out.append(f"- B=100, K=40, D=200, the user's pattern: {r['pyro'] / r['user']:.1f}x faster than Pyro "
+                   "(target >= 100x)")
+    r = by.get((100, 5, 50))
+    if r:
+        out.append(f"- B=100, K=5, D=50 (the VAE's size), the user's pattern: {r['user'] / r['Normal']:.1f}x the "
+                   "user's Normal (target <= 3x)")
     r = by.get((1000, 40, 200))
     if r:
-        out.append(f"- B=1000, K=40, D=200: {r['pyro'] / r['graves']:.1f}x faster than Pyro (target >= 50x)")
+        out.append(f"- B=1000, K=40, D=200: {r['pyro'] / r['user']:.1f}x faster than Pyro")
     return out
 
 
-def repeated_ratio(device, cell=(1000, 10, 50), rounds=7, budget_s=1.0):
-    """graves / normal at one cell in several short rounds spread over a few seconds, each round a side-by-side
-    median (the VM's speed drifts within minutes, and a 0.3 ms Normal suffers more from a stray context switch
-    than a 3 ms graves call): the per-round ratios and their median."""
+def repeated(device, cell, rounds=7, budget_s=1.0, pool=True):
+    """user / Normal and (user - graves) / user at one cell in several short rounds spread over a few seconds, each
+    round a side-by-side median (the VM's speed drifts within minutes, and a 0.3 ms Normal suffers more from a
+    stray context switch than a 3 ms mixture call). ``pool=False``: native gradients come from fresh memory (the
+    gradient pool switched off), to see what the pool does for .backward() into .grad."""
     methods = make_methods(*cell, device)
-    timed = {"normal": (methods["normal"], 40), "graves": (with_backend("auto", methods["graves"]), 40)}
-    ratios = []
-    for _ in range(rounds):
-        r = time_interleaved(timed, device, budget_s=budget_s)
-        ratios.append(r["graves"] / r["normal"])
-    return ratios
+    timed = {n: (methods[n], 40) for n in ("Normal", "graves", "user")}
+    saved = native.POOL_MIN_BYTES
+    if not pool:
+        native.POOL_MIN_BYTES = 1 << 62
+    try:
+        out = [time_interleaved(timed, device, budget_s=budget_s) for _ in range(rounds)]
+    finally:
+        native.POOL_MIN_BYTES = saved
+    return out
+
+
+def repeated_lines(device):
+    lines = []
+    for cell, target in (((1000, 10, 50), 6), ((100, 5, 50), 3)):
+        rounds = repeated(device, cell)
+        ratios = [r["user"] / r["Normal"] for r in rounds]
+        shares = [max(0.0, 1 - r["graves"] / r["user"]) for r in rounds]
+        b, k, d = cell
+        lines.append(f"- B={b}, K={k}, D={d}, user / Normal again in {len(ratios)} short rounds after the table (each "
+                     f"a side-by-side median): {', '.join(f'{x:.1f}x' for x in ratios)}; median "
+                     f"{statistics.median(ratios):.1f}x (target <= {target}x); validation share median "
+                     f"{statistics.median(shares):.0%} (target <= 10%)")
+        print(f"{device} {cell} user/Normal rounds: {', '.join(f'{x:.2f}' for x in ratios)}", flush=True)
+    if device == "cpu":
+        with_pool = [r["user"] for r in repeated(device, (1000, 10, 50), rounds=5)]
+        without = [r["user"] for r in repeated(device, (1000, 10, 50), rounds=5, pool=False)]
+        lines.append(f"- the gradient pool and .backward() into .grad (B=1000, K=10, D=50, the user's pattern, 5 "
+                     f"rounds each): with the pool median {statistics.median(with_pool):.2f} ms, without it "
+                     f"{statistics.median(without):.2f} ms. The first .backward() makes .grad the pooled buffer "
+                     "itself; later ones add into .grad, after which the fresh gradient is free and its buffer "
+                     "comes back from the pool on the next call.")
+    return lines
 
 
 def main(argv=None):
@@ -200,39 +309,53 @@ def main(argv=None):
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     parser.add_argument("--out", default="results/benchmarks/mixture_rsample.md")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--note", default="", help="a line about the machine (e.g. other jobs sharing it)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time on this process's CPU time, not wall time (for a machine shared with other jobs)")
+    parser.add_argument("--cells", default=None,
+                        help="only these (B, K, D) cells, e.g. '1000,10,50;100,40,200' (default: the full grid)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    if args.quick:
-        grid = [(100, 2, 2), (100, 10, 50), (1000, 10, 50), (1000, 40, 50)]
+    if args.cpu_time:
+        CLOCK.update(fn=time.process_time, name="CPU time of this process (time.process_time)")
+    if args.cells:
+        grid = [tuple(int(v) for v in cell.split(",")) for cell in args.cells.split(";")]
+    elif args.quick:
+        grid = [(100, 2, 2), (100, 5, 50), (100, 40, 200), (1000, 10, 50)]
     else:
         grid = list(itertools.product([100, 1000], [2, 5, 10, 40], [2, 10, 50, 200]))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [dv for dv in devices if dv == "cpu" or torch.cuda.is_available()]
 
     lines = header("Mixture rsample: forward + backward time")
+    if args.note:
+        lines += [f"Machine note: {args.note}", ""]
     lines += [
-        "Median wall time of one `rsample` + `backward` of sum(z * g), float32, in one process; within a row the "
-        "methods take turns (an untimed call, then up to three timed ones; about 3 s per row) so that load from "
-        "other processes falls on all of them alike. "
-        "`graves` uses the default backend (on CPU the C kernel, mixvae/distributions/graves_native.c, built "
-        "with the system compiler and -march=native; on CUDA the compiled one); `graves compiled` is the same with "
-        "the torch.compile'd coefficients and blocked back-substitution, `graves eager` in plain PyTorch (the "
-        "compiled column is left empty on CUDA, where it is the default); `normal` is a plain Normal rsample of "
-        "[B, D] (the K = 1 "
-        "floor); `enumerate` draws all K reparameterized samples; `pyro` is "
-        "`pyro.distributions.MixtureOfDiagNormals`.",
+        f"Median {CLOCK['name']} of one `rsample` + `backward` of sum(z * g) into the leaves' .grad, float32, in "
+        "one process; within a row the methods take turns (an untimed call, then up to three timed ones; about 3 s per "
+        "row) so that load from other processes falls on all of them alike. "
+        "`normal` is loc + scale * eps of [B, D] (the K = 1 floor) and `Normal` the same through "
+        "`torch.distributions.Normal(loc, scale).rsample()` with default validation (what a user writes for K = 1); "
+        "`graves` is `DiagGaussianMixture(..., validate_args=False).rsample()` on the default backend (on CPU the "
+        "C kernel, mixvae/distributions/graves_native.c, built for the vector ISA detected at run time; on CUDA "
+        "the compiled one), `user` the user's pattern `DiagGaussianMixture(logits, loc, scale).rsample()` with "
+        "default validation; `graves compiled` is backend='compile' (torch.compile'd coefficients and blocked "
+        "back-substitution), `graves eager` backend='eager' (plain PyTorch; the compiled column is left empty on "
+        "CUDA, where it is the default); `enumerate` draws all K reparameterized samples; `pyro` is "
+        "`pyro.distributions.MixtureOfDiagNormals`; `tfp-jax` is TensorFlow Probability on JAX "
+        "(MixtureSameFamily(reparameterize=True), sample and jax.grad jitted together, one XLA thread) "
+        + (f"({TFP_ERROR.splitlines()[0]}: column empty)" if TFP_ERROR else
+           f"(jax {jax.__version__}, tfp {tfp.__version__})") + ". "
+        "validation share = 1 - graves / user.",
         "",
     ]
     for device in devices:
         rows = run(device, grid, pyro_budget_ms=3000)
-        lines += [f"## {device.upper()}: {hardware(device)}", ""] + table(rows) + [""]
+        where = hardware(device) if device != "cpu" else f"{hardware(device)}; {cpu_description()}"
+        lines += [f"## {device.upper()}: {where}", ""] + table(rows) + [""]
         lines += ["Targets (CPU, one thread):" if device == "cpu" else "Targets:"] + targets(rows)
-        ratios = repeated_ratio(device)
-        lines += [f"- B=1000, K=10, D=50, graves / normal again in {len(ratios)} short rounds after the table (each a "
-                  f"side-by-side median): {', '.join(f'{r:.1f}x' for r in ratios)}; median "
-                  f"{statistics.median(ratios):.1f}x (target <= 8x)", ""]
-        print(f"{device} graves/normal rounds: {', '.join(f'{r:.2f}' for r in ratios)}", flush=True)
+        lines += repeated_lines(device) + [""]
         lines += ["Scaling (linear cost: x4):"] + linearity(rows) + [""]
     if "cuda" not in devices:
         lines += ["No CUDA device was present for this run: the CUDA table is missing.", ""]

@@ -214,11 +214,13 @@ class DiagGaussianMixture(Distribution):
         (no gradient to the logits; the score-function estimators supply that). Returns ``[*S, *batch, D]``."""
         d = self.event_shape[0]
         lead = index.shape
+        if eps is None:
+            eps = torch.randn(*lead, d, dtype=self.loc.dtype, device=self.loc.device)
+        if self.num_components == 1:  # the only index is 0: broadcast, no gather over the sample axes
+            return self.loc[..., 0, :] + self.scale[..., 0, :] * eps
         loc = self.loc.expand(*lead, self.num_components, d)
         scale = self.scale.expand(*lead, self.num_components, d)
         gather = index.unsqueeze(-1).unsqueeze(-1).expand(*lead, 1, d)
-        if eps is None:
-            eps = torch.randn(*lead, d, dtype=self.loc.dtype, device=self.loc.device)
         return torch.gather(loc, -2, gather).squeeze(-2) + torch.gather(scale, -2, gather).squeeze(-2) * eps
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
@@ -241,9 +243,11 @@ class DiagGaussianMixture(Distribution):
         n = lead.numel()
         if lead != logits.shape[:-1]:  # sample axes: the parameters broadcast against them
             logits, loc, scale = logits.expand(*lead, k), loc.expand(*lead, k, d), scale.expand(*lead, k, d)
-        z = gt.GravesSample.apply(logits.reshape(n, k), loc.reshape(n, k, d), scale.reshape(n, k, d),
-                                  index.reshape(n), eps.reshape(n, d), self.block_size, self.backend)
-        return z.reshape(shape)
+        if len(lead) != 1:  # flat [N, ...] for the Function (a reshape to the same shape would still add a node)
+            logits, loc, scale = logits.reshape(n, k), loc.reshape(n, k, d), scale.reshape(n, k, d)
+            index, eps = index.reshape(n), eps.reshape(n, d)
+        z = gt.GravesSample.apply(logits, loc, scale, index, eps, self.block_size, self.backend)
+        return z if len(lead) == 1 else z.reshape(shape)
 
     def _in_float32(self) -> DiagGaussianMixture:
         """The same distribution with float32 parameters (differentiable casts), already validated."""

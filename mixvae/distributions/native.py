@@ -197,7 +197,7 @@ def isa() -> str | None:
 
 def supports(t: torch.Tensor) -> bool:
     """Whether the C kernel handles tensors like ``t`` (CPU, float32 or float64)."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+    return t.is_cpu and (t.dtype is torch.float32 or t.dtype is torch.float64)
 
 
 def _check_type(t: torch.Tensor) -> None:
