@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Encoder gradient variance, SNR and step time of the estimators at a run's final checkpoint.
+"""Encoder gradient variance, SNR and step time of the estimators at a run's final checkpoint (and during
+training, at the snapshots the run kept with checkpoint.keep).
 
     python scripts/grad_variance_runs.py RUN_DIR [RUN_DIR ...] [--repetitions 200] [--batch 100]
 
@@ -10,6 +11,8 @@ For each run directory (train.py's output: config.yaml + checkpoint.pt) it write
           configs/experiment/rows/ at the same parameters (rows that pin another K are skipped). Stateful
           estimators are warmed up first (--warmup training-mode calls on training batches at the fixed model,
           their own parameters fitted to their aux_loss), so that an untrained baseline is not measured.
+    during the run's own estimator at each snapshot <run dir>/snapshots/epoch<N>.pt (train.py's
+          checkpoint.keep=[...]), with the estimator state saved there: [{"epoch": N, ...}], by epoch.
 Each entry holds mixvae.diagnostics.gradient_variance of the ENCODER parameters ("grad/var_encoder",
 "grad/snr_encoder": per-coordinate variance and |mean|/std averaged over coordinates, Rainforth et al. 2018)
 over R repetitions on one fixed batch of test images (a seeded random subset, binarized once with that seed
@@ -38,6 +41,7 @@ from make_results import estimator_name, row_label  # noqa: E402
 from mixvae.data import load_dataset  # noqa: E402
 from mixvae.diagnostics import gradient_variance  # noqa: E402
 from mixvae.training import checkpoint as ckpt  # noqa: E402
+from mixvae.training.loop import SNAPSHOTS  # noqa: E402
 from mixvae.training.runtime import git_revision, hardware, portable_path  # noqa: E402
 
 CONFIGS = REPO / "configs"
@@ -155,6 +159,14 @@ def process(run_dir: Path, args, rows) -> dict:
                                               cfg.train.objective, args)},
         "rows": {},
     }
+    for snap in sorted((run_dir / SNAPSHOTS).glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):
+        state = ckpt.load(snap, device)
+        model.load_state_dict(state["model"])
+        est = build_estimator(cfg.estimator, data.x_dim)
+        est.load_state_dict(state["estimator"])
+        result.setdefault("during", []).append({"epoch": int(state["epoch"]), **measure(
+            model, est, x, int(cfg.train.num_samples), cfg.train.objective, args)})
+    model.load_state_dict(saved["model"])  # the final parameters again, for the rows below
     if estimator_name(OmegaConf.to_container(cfg.estimator)) == args.reference:
         for name, (row_cfg, pinned) in rows.items():
             if pinned is not None and int(pinned) != K:

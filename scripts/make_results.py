@@ -368,6 +368,24 @@ def paired_differences(spec: TableSpec, groups: dict, keys: list, nll: dict) -> 
             "`better`/`worse` is the sign of the mean, with its standard error beside it.", ""]
 
 
+def during_training(groups: dict, keys: list) -> list[str]:
+    """Encoder-gradient SNR (and variance) of each row's own estimator at the snapshots its runs kept."""
+    epochs = sorted({e["epoch"] for k in keys for r in groups[k] if r.grad for e in r.grad.get("during", [])})
+    if not epochs:
+        return []
+    rows = []
+    for k in keys:
+        by_epoch = defaultdict(list)
+        for r in groups[k]:
+            for e in (r.grad or {}).get("during", []):
+                by_epoch[e["epoch"]].append(e)
+        if by_epoch:
+            rows.append([f"K = {k[0]} {k[1]}", objective_text(k[2], k[3]),
+                         *[sci_mean_std([e["grad/snr_encoder"] for e in by_epoch.get(ep, [])]) for ep in epochs]])
+    return ["### Encoder-gradient SNR during training (own estimator, at the kept snapshots)", "",
+            *md_table(["row", "trained on", *[f"epoch {ep}" for ep in epochs]], rows), ""]
+
+
 def estimators_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     groups = defaultdict(list)
     for r in runs:
@@ -405,7 +423,7 @@ def estimators_table(spec: TableSpec, runs: list[Run]) -> list[str]:
             mean_std([r.metrics.get("time/epoch_s") for r in rs], 1),
             ", ".join(str(r.cfg["seed"]) for r in rs),
         ])
-    return [*md_table(head, rows), "",
+    return [*md_table(head, rows), "", *during_training(groups, keys),
             "Columns: `gap` = our mean minus the paper's number, ± its standard error over seeds; `epochs`, `steps` "
             "and `train time` are each row's budget (per run; training only). `var` = mean over encoder "
             "parameters of the per-coordinate gradient variance, `SNR` = mean |mean| / std (Rainforth et al. "

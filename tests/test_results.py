@@ -99,6 +99,8 @@ def test_driver_collects_small_files_per_run(pipeline):
     assert set(graves["rows"]) >= {"graves", "enumerate", "score_function_mean", "vimco"}
     assert "gaussian" not in graves["rows"]  # it pins K = 1; this checkpoint has K = 5
     assert graves["own"]["grad/var_encoder"] > 0 and graves["own"]["time/step_s"] > 0
+    # during training: the tiny budget keeps a snapshot after epoch 1 (checkpoint.keep=[1]), measured too
+    assert [e["epoch"] for e in graves["during"]] == [1] and graves["during"][0]["grad/snr_encoder"] > 0
 
 
 def test_table_shows_mean_std_over_seeds_and_the_paper_column(pipeline):
@@ -120,6 +122,7 @@ def test_table_shows_mean_std_over_seeds_and_the_paper_column(pipeline):
         assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cells[4]), cells  # test NLL, two seeds
         assert cells[7] == "2" and cells[8] == "6" and cells[-1] == "0, 1"  # the row's budget; its seeds
     assert (tmp / "out" / "estimators_mnist_curves.png").stat().st_size > 1000
+    assert "### Encoder-gradient SNR during training" in text and "| epoch 1 |" in text
 
 
 def test_a_table_without_runs_is_a_stub_without_numbers(pipeline):

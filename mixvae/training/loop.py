@@ -69,6 +69,7 @@ from mixvae.training.runtime import (
 from mixvae.training.wandb_run import WandbRun
 
 log = logging.getLogger(__name__)
+SNAPSHOTS = "snapshots"  # <run dir>/snapshots/epoch<N>.pt: model + estimator at the epochs of checkpoint.keep
 
 # (config key, hint) for the counts that must be integers >= 1
 _POSITIVE = {
@@ -139,6 +140,11 @@ def validate_config(cfg: DictConfig) -> None:
     for key, integer, low, low_in, high, high_in, nullable, hint in _RANGES:
         if OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
             _check_number(key, OmegaConf.select(cfg, key), integer, low, low_in, high, high_in, nullable, hint)
+    keep = OmegaConf.select(cfg, "checkpoint.keep")
+    if keep is not None and (not OmegaConf.is_list(keep) and not isinstance(keep, list | tuple)
+                             or any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in keep)):
+        raise ConfigError(f"checkpoint.keep must be a list of epochs >= 1, got {keep!r}; e.g. "
+                          "checkpoint.keep=[1,4,13,40,121]")
     betas = OmegaConf.select(cfg, "optim.betas")
     if betas is not None:
         if not OmegaConf.is_list(betas) or len(betas) != 2:
@@ -583,6 +589,10 @@ class Trainer:
                 self.log_record(record)
                 log.info("epoch %d/%d  %s", epoch, cfg.train.epochs,
                          "  ".join(f"{k} {v:.4g}" for k, v in record.items()))
+                if epoch in (cfg.checkpoint.get("keep") or ()):  # a snapshot kept for measurements during training
+                    (self.run_dir / SNAPSHOTS).mkdir(exist_ok=True)
+                    ckpt.save_atomic({"model": self.model.state_dict(), "estimator": self.estimator.state_dict(),
+                                      "epoch": epoch}, self.run_dir / SNAPSHOTS / f"epoch{epoch}.pt")
                 if epoch % cfg.checkpoint.every == 0 or self.finished() or epoch == cfg.train.get("stop_after"):
                     self.save_checkpoint()
                     self._saved_epoch = epoch
