@@ -34,17 +34,18 @@ class IWAE:
     """Burda et al. (2016, section 5.1): stage i = 0, ..., stages - 1 lasts 3^i epochs at lr * 10^(-i/7).
 
     The paper's eight stages (0..7) last 3280 epochs; ``stages=5`` (0..4) is 121 epochs and ``stages=6`` (0..5)
-    364. ``train.epochs`` must be the total, so that a shortened run is a choice of stages, not a cut-off.
+    364. ``train.epochs`` may stop earlier (a smoke test follows the schedule's first epochs; the stages' total
+    is what a full run sets), not later: the schedule defines no lr after its last stage.
     """
 
     def __init__(self, epochs: int, stages: int = 8):
         self.stages = _int_at_least("schedule.stages", stages, 1)
         self.epochs = epochs
         total = self.total_epochs(self.stages)
-        if epochs != total:
+        if epochs > total:
             raise ConfigError(f"schedule=iwae with schedule.stages={self.stages} lasts {total} epochs but "
-                              f"train.epochs={epochs}; set train.epochs={total} (stages 5: 121 epochs, 6: 364, "
-                              f"8: 3280)")
+                              f"train.epochs={epochs}; set train.epochs={total} or more stages (stages 5: 121 "
+                              f"epochs, 6: 364, 8: 3280)")
         self.ends = [self.total_epochs(i + 1) for i in range(self.stages)]  # the epoch index each stage ends at
 
     @staticmethod
