@@ -236,10 +236,14 @@ class DiagGaussianMixture(Distribution):
         eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
         if k == 1:  # the Gaussian reparameterization, bit for bit
             return loc[..., 0, :] + scale[..., 0, :] * eps
-        index = self.sample_index(sample_shape)  # one uniform per draw, after the noise
+        lead = shape[:-1]
+        u = torch.rand(lead, dtype=logits.dtype, device=logits.device)  # one uniform per draw, after the noise
+        if len(lead) == 1 and lead == logits.shape[:-1] and gt.use_native(logits, self.backend):  # no broadcast
+            index = native.sample_index(logits, u)
+        else:
+            index = self.index_from_uniform(u)
         if not (torch.is_grad_enabled() and (logits.requires_grad or loc.requires_grad or scale.requires_grad)):
             return self.rsample_component(index, eps).detach()
-        lead = index.shape
         n = lead.numel()
         if lead != logits.shape[:-1]:  # sample axes: the parameters broadcast against them
             logits, loc, scale = logits.expand(*lead, k), loc.expand(*lead, k, d), scale.expand(*lead, k, d)
