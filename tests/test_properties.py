@@ -98,8 +98,12 @@ def test_shapes_that_do_not_broadcast_are_a_one_line_value_error(case):
     if not others and kind == "dirichlet":  # one argument: any shape is valid
         return
     try:
-        torch.broadcast_shapes(broken[name].shape, *(v.shape for v in others))
-        return  # still broadcastable (e.g. a leading size-1 axis): nothing to reject
+        if kind == "mixture":  # logits [..., K] align with loc, scale [..., K, D] without their D axis
+            torch.broadcast_shapes(broken["logits"].shape, broken["loc"].shape[:-1], broken["scale"].shape[:-1])
+            torch.broadcast_shapes(broken["loc"].shape, broken["scale"].shape)
+        else:
+            torch.broadcast_shapes(broken[name].shape, *(v.shape for v in others))
+        return  # still broadcastable (e.g. a size-1 axis against a doubled one): nothing to reject
     except RuntimeError:
         pass
     with pytest.raises(ValueError) as err:
