@@ -184,6 +184,7 @@ def tfp_method(logits, loc, scale, weight):
     return run
 
 
+TFP_MAX_MS = 20_000  # cells where one TFP call would take longer are left empty
 COLUMNS = ("normal", "Normal", "graves", "user", "compiled", "eager", "enumerate", "pyro", "tfp-jax")
 
 
@@ -201,7 +202,11 @@ def run(device, grid, pyro_budget_ms):
         if MixtureOfDiagNormals is not None:
             timed["pyro"] = (methods["pyro"], 2 if slow else 40)
         if "tfp-jax" in methods:
-            timed["tfp-jax"] = (methods["tfp-jax"], 40)
+            # TFP's reparameterized mixture differentiates one dimension at a time, O(B K D^2): ~1e-4 ms per
+            # (b, k, d, d) on one core here; a few calls where one takes seconds, none past TFP_MAX_MS
+            tfp_ms = 1.1e-4 * b * k * d * d
+            if tfp_ms <= TFP_MAX_MS:
+                timed["tfp-jax"] = (methods["tfp-jax"], 2 if tfp_ms > 1000 else 40)
         row = {"B": b, "K": k, "D": d, **{c: float("nan") for c in COLUMNS}}
         row.update(time_interleaved(timed, device))
         rows.append(row)
@@ -347,7 +352,8 @@ def main(argv=None):
         "(MixtureSameFamily(reparameterize=True), sample and jax.grad jitted together, one XLA thread) "
         + (f"({TFP_ERROR.splitlines()[0]}: column empty)" if TFP_ERROR else
            f"(jax {jax.__version__}, tfp {tfp.__version__})") + ". "
-        "validation share = 1 - graves / user.",
+        f"validation share = 1 - graves / user. The tfp-jax column is left empty where one call would take over "
+        f"{TFP_MAX_MS / 1000:.0f} s (its cost grows as B K D^2).",
         "",
     ]
     for device in devices:
