@@ -259,15 +259,27 @@ def test_bad_option_values_and_keys_name_the_key(config, tmp_path):
         Trainer(config("model.encoder_top_linear=yes"), tmp_path)
 
 
-def test_graves_backend_key_selects_the_backend(config, tmp_path):
+def test_graves_backend_key_selects_the_backend_for_the_run_only(config, tmp_path, monkeypatch):
+    """graves_backend=eager runs the run's Graves backward passes on eager and says so in summary.json, and
+    leaves the process default as it was (a scope around the run, not a global the loop sets)."""
     from mixvae.distributions import graves_transform as gt
 
+    used, vjp = [], gt.graves_vjp
+
+    def spy(*args, **kwargs):
+        used.append(args[6] if len(args) > 6 else kwargs.get("backend"))
+        return vjp(*args, **kwargs)
+
+    monkeypatch.setattr(gt, "graves_vjp", spy)
     before = gt.get_backend()
-    try:
-        summary = train(config("graves_backend=eager"), tmp_path)
-        assert gt.get_backend() == "eager" and math.isfinite(summary["metrics"]["test/elbo"])
-    finally:
-        gt.set_backend(before)
+    summary = train(config("graves_backend=eager"), tmp_path)
+    assert math.isfinite(summary["metrics"]["test/elbo"])
+    assert used and set(used) == {"eager"}, used
+    assert summary["hardware"]["graves_backend"].startswith("eager")
+    assert gt.get_backend() == before  # nothing to restore
+    used.clear()
+    train(config(), tmp_path / "default")
+    assert used and set(used) == {before}
 
 
 @pytest.fixture

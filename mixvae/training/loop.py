@@ -27,6 +27,7 @@ supported"). scripts/bench_train.py measures the step.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -276,8 +277,9 @@ class Trainer:
         set_deterministic(bool(cfg.deterministic))
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
-        if cfg.get("graves_backend"):
-            graves_transform.set_backend(cfg.graves_backend)
+        # graves_backend: this run's choice, applied as a scope around its work (train, validate, test), never as
+        # the process default, so that other code in the process (tests, a notebook) keeps its own
+        self.graves_backend = cfg.get("graves_backend") or None
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
 
@@ -293,7 +295,8 @@ class Trainer:
                                   train_mean=self.data.train_mean).to(self.device)
         self.estimator = _instantiate(cfg.estimator, "estimator", context_dim=self.data.x_dim).to(self.device)
         try:
-            with torch.no_grad():  # does the model's posterior fit the estimator? (one image, no randomness)
+            # does the model's posterior fit the estimator? (one image, no randomness)
+            with torch.no_grad(), self.backend_scope():
                 probe = self.model.posterior(self.data.train_mean.reshape(1, -1).to(self.device))
             self.estimator.check(probe, cfg.train.num_samples, cfg.train.objective)
         except ValueError as e:
@@ -554,9 +557,14 @@ class Trainer:
         (RunFilesError); the last checkpoint stays, so the same command continues once the cause is fixed.
         """
         try:
-            return self._run()
+            with self.backend_scope():
+                return self._run()
         except OSError as e:
             raise RunFilesError(os_error_message(e)) from e
+
+    def backend_scope(self):
+        """The run's Graves backend (``graves_backend``) for distributions made inside the block; no-op if unset."""
+        return graves_transform.backend(self.graves_backend) if self.graves_backend else contextlib.nullcontext()
 
     def _run(self) -> dict:
         cfg = self.cfg
