@@ -52,6 +52,36 @@ def test_fast_softplus_and_bernoulli_log_prob_match_float64(scale):
     torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 784), (4, 784), (2, 3, 4, 50)])
+def test_bernoulli_log_prob_without_gradient_takes_the_c_pass(shape, monkeypatch):
+    """Evaluation (no gradient) goes through the C kernel when it is available, with the values of the autograd
+    path to float32 working precision; with a gradient to take, the autograd path runs (training unchanged)."""
+    from mixvae.distributions import native
+    from mixvae.models import ops
+
+    if not native.available():
+        pytest.skip(f"C kernel unavailable: {native.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(1)
+    a = 6 * torch.randn(*shape, generator=gen)
+    x = torch.bernoulli(torch.full(shape[-2:], 0.3), generator=gen)
+    calls, kernel = [], native.bernoulli_log_prob
+    monkeypatch.setattr(native, "bernoulli_log_prob", lambda *args: calls.append(1) or kernel(*args))
+    with torch.no_grad():
+        got = ops.bernoulli_log_prob(a, x)
+    assert calls and got.shape == shape[:-1]
+    ref = (x.double() * a.double() - F.softplus(a.double())).sum(-1)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=shape[-1] * 6 * 6e-8 * 4)
+    calls.clear()
+    with_grad = ops.bernoulli_log_prob(a.clone().requires_grad_(), x)
+    assert not calls and with_grad.requires_grad
+    x_row = x[:1]  # x broadcast over the batch too: not the trailing axes of the logits, so the autograd path
+    with torch.no_grad():
+        torch.testing.assert_close(ops.bernoulli_log_prob(a, x_row).double(),
+                                   (x_row.double() * a.double() - F.softplus(a.double())).sum(-1),
+                                   rtol=0, atol=shape[-1] * 6 * 6e-8 * 4)
+    assert not calls
+
+
 def test_bernoulli_log_prob_gradient_to_the_data():
     a = torch.randn(2, 3, 5)
     x = torch.rand(3, 5, requires_grad=True)
