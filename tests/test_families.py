@@ -24,10 +24,14 @@ import pytest
 import scipy.special as sc
 import torch
 
-from mixvae.distributions import Beta, Dirichlet, Gamma, VonMises
+from mixvae.distributions import Beta, Dirichlet, Gamma, VonMises, native
 from mixvae.distributions import von_mises as vm
 from mixvae.distributions.dirichlet import dirichlet_jacobian_reference, sample_standard_gamma
-from mixvae.distributions.gamma import standard_gamma_grad, standard_gamma_grad_reference
+from mixvae.distributions.gamma import (
+    standard_gamma_grad,
+    standard_gamma_grad_reference,
+    standard_gamma_grad_torch,
+)
 
 GAMMA_TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 VON_MISES_TOL = {torch.float64: 1e-6, torch.float32: 1e-2}
@@ -62,12 +66,32 @@ def gamma_grid(dtype: torch.dtype):
     return a, x, standard_gamma_grad_reference(a.double(), x.double())
 
 
+@pytest.mark.parametrize("path", ["default", "torch"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gamma_grad_matches_mpmath_on_grid(dtype):
+def test_gamma_grad_matches_mpmath_on_grid(dtype, path):
+    """Both paths: the default (the C kernel on CPU when it builds) and the PyTorch one (other devices, no C
+    compiler)."""
+    if path == "default" and not native.available():
+        pytest.skip(f"C kernel unavailable: {native.unavailable_reason()}")
     a, x, ref = gamma_grid(dtype)
-    ours = standard_gamma_grad(a, x)
+    ours = (standard_gamma_grad if path == "default" else standard_gamma_grad_torch)(a, x)
     assert ours.dtype == dtype
     assert max_rel_error(ours, ref, dtype) <= GAMMA_TOL[dtype]
+
+
+def test_gamma_grad_c_kernel_is_used_and_agrees_with_the_torch_path(monkeypatch):
+    """On CPU the default path is the C kernel, and it agrees with the PyTorch path to float64 rounding on samples
+    from alpha in [1e-2, 1e3] (each element converging on its own there, the whole batch at once here)."""
+    if not native.available():
+        pytest.skip(f"C kernel unavailable: {native.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(3)
+    a = torch.exp(torch.empty(3000, dtype=torch.float64).uniform_(math.log(1e-2), math.log(1e3), generator=gen))
+    x = torch._standard_gamma(a, generator=gen).clamp(min=torch.finfo(torch.float64).tiny)
+    calls, kernel = [], native.gamma_grad
+    monkeypatch.setattr(native, "gamma_grad", lambda *args: calls.append(1) or kernel(*args))
+    ours, theirs = standard_gamma_grad(a, x), standard_gamma_grad_torch(a, x)
+    assert calls
+    assert ((ours - theirs).abs() <= 1e-12 * theirs.abs()).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -49,7 +49,7 @@ from torch.autograd.function import once_differentiable
 from torch.distributions import transforms as T
 from torch.distributions.utils import broadcast_all
 
-from mixvae.distributions import _special
+from mixvae.distributions import _special, native
 
 _EPS = 2.0 ** -53
 
@@ -110,8 +110,20 @@ def standard_gamma_grad(alpha: torch.Tensor, x: torch.Tensor, max_iter: int = 20
         x: samples ``[...]`` (> 0).
         max_iter: cap on the terms of either expansion (needed: ~10 sqrt(alpha) near the mode).
 
-    Returns the derivative, broadcast shape, in the promoted dtype of the inputs; computed in float64.
+    Returns the derivative, broadcast shape, in the promoted dtype of the inputs; computed in float64. CPU
+    float32/float64 inputs go through the C kernel (``native.gamma_grad``: the same expansions, each element
+    stopping at its own convergence, about 50-100x faster than :func:`standard_gamma_grad_torch`, the fallback
+    and what other devices use).
     """
+    alpha, x = broadcast_all(alpha, x)
+    if native.supports(x) and alpha.dtype is x.dtype and alpha.device == x.device and native.available():
+        return native.gamma_grad(alpha.contiguous(), x.contiguous(), max_iter)
+    return standard_gamma_grad_torch(alpha, x, max_iter)
+
+
+def standard_gamma_grad_torch(alpha: torch.Tensor, x: torch.Tensor, max_iter: int = 20000) -> torch.Tensor:
+    """:func:`standard_gamma_grad` in PyTorch (any device): both expansions over the whole batch at once, in
+    float64, until the slowest element has converged. What CUDA tensors and a machine without a C compiler use."""
     alpha, x = broadcast_all(alpha, x)
     out_dtype = x.dtype
     a = alpha.detach().to(torch.float64).reshape(-1)

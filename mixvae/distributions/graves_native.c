@@ -546,6 +546,60 @@ void FN(bernoulli)(int64_t rows, int64_t n_x, int64_t dim, const real *a, const 
     }
 }
 
+/* Not Graves either: the implicit-reparameterization derivative dx/dalpha of standard gamma samples (the same two
+ * expansions as mixvae/distributions/gamma.py, whose module docstring derives them), computed in double whatever
+ * `real` is, one element at a time: each stops at its own convergence (the PyTorch path iterates a whole batch
+ * until its slowest element converges). alpha [n] > 0, x [n] > 0 (clamped to DBL_MIN as there) -> out [n]. */
+static double FN(digamma)(double a) { /* a > 0: recurrence up to a >= 10, then the asymptotic series */
+    double r = 0;
+    while (a < 10) { r -= 1 / a; a += 1; }
+    const double f = 1 / (a * a);
+    const double t = f * (-1.0 / 12 + f * (1.0 / 120 + f * (-1.0 / 252 + f * (1.0 / 240 + f * (-1.0 / 132
+                     + f * (691.0 / 32760 + f * (-1.0 / 12)))))));
+    return r + log(a) - 0.5 / a + t;
+}
+
+void FN(gamma_grad)(int64_t n, const real *alpha, const real *xs, int64_t max_iter, real *out) {
+    const double eps = 0x1p-53;
+    for (int64_t i = 0; i < n; ++i) {
+        const double a = (double)alpha[i];
+        double x = (double)xs[i];
+        x = x > 0x1p-1022 ? x : 0x1p-1022;
+        double g;
+        if (x < a + 1) { /* series */
+            double t = 1, s = 1, h = 0, ds = 0;
+            for (int64_t m = 1; m <= max_iter; ++m) {
+                const double am = a + m;
+                t = t * x / am;
+                h = h - 1 / am;
+                s = s + t;
+                ds = ds + t * h;
+                if (t <= eps * s && t * fabs(h) <= eps * fabs(ds)) break;
+            }
+            g = -(x / a) * (s * (log(x) - FN(digamma)(a + 1)) + ds);
+        } else { /* continued fraction of Q, convergents renormalised by B_n */
+            double ap = 1, bp = 0, dap = 0, dbp = 0, ac = x + 1 - a, bc = 1, dac = -1, dbc = 0;
+            double k = ac, dk = dac;
+            for (int64_t m = 1; m <= max_iter; ++m) {
+                const double bn = x + (double)(2 * m + 1) - a, an = -(double)m * ((double)m - a);
+                const double anew = bn * ac + an * ap, bnew = bn * bc + an * bp;
+                const double danew = -ac + bn * dac + m * ap + an * dap, dbnew = -bc + bn * dbc + m * bp + an * dbp;
+                const double sc = 1 / bnew;
+                ap = ac * sc; bp = bc * sc; dap = dac * sc; dbp = dbc * sc;
+                ac = anew * sc; bc = 1; dac = danew * sc; dbc = dbnew * sc;
+                const double knew = ac, dknew = dac - ac * dbc;
+                const int settled = fabs(knew - k) <= 4 * eps * fabs(knew)
+                                    && fabs(dknew - dk) <= 4 * eps * (fabs(dac) + fabs(ac * dbc));
+                k = knew; dk = dknew;
+                if (settled) break;
+            }
+            const double c = 1 / k, dc = -dk / (k * k);
+            g = x * (c * (log(x) - FN(digamma)(a)) + dc);
+        }
+        out[i] = (real)g;
+    }
+}
+
 /* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time:
  * dst[c * stride + j] = rows[j][off + c] for c < m <= V, and back (AVX-512 / AVX2 shuffles for float where the
  * compiler targets them, these plain loops otherwise). */

@@ -159,9 +159,9 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 #
 # Choosing one: DiagGaussianMixture(..., backend=NAME) for one distribution; ``with backend(NAME):`` for the
 # distributions made inside the block (a context variable: per thread and per asyncio task, restored on exit);
-# otherwise the process default, $MIXVAE_GRAVES_BACKEND or "auto" (set_backend changes it; the training loop's
-# graves_backend key is a backend(...) block around the run, not a change of the default). A distribution keeps the backend it was made with, so its backward pass runs there
-# wherever .backward() is called.
+# otherwise the process default, $MIXVAE_GRAVES_BACKEND or "auto" (set_backend changes it; train.py's
+# graves_backend key is a backend(...) block around the run, not a change of the default). A distribution keeps
+# the backend it was made with, so its backward pass runs there wherever .backward() is called.
 _WHOLE_GRAPH_MAX_ELEMENTS = 1 << 17
 BACKENDS = ("auto", "native", "compile", "eager")
 _state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": {}, "failed": False,

@@ -142,6 +142,7 @@ _SIGNATURES = {  # name -> (argument types, result type); each exists as name_f3
     "check": ([ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                ctypes.c_void_p], ctypes.c_int64),
     "bernoulli": ([ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3, None),
+    "gamma_grad": ([ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p], None),
 }
 
 
@@ -267,6 +268,19 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"bernoulli_log_prob: logits {tuple(logits.shape)} do not pair with x {tuple(x.shape)}")
     out = torch.empty(rows, dtype=dtype)
     _load().fns[("bernoulli", dtype)](rows, x.shape[0], dim, logits.data_ptr(), x.data_ptr(), out.data_ptr())
+    return out
+
+
+def gamma_grad(alpha: torch.Tensor, x: torch.Tensor, max_iter: int) -> torch.Tensor:
+    """dx/dalpha of standard gamma samples at fixed CDF (``gamma.standard_gamma_grad``'s contract for CPU
+    float32/float64 tensors of one shape and dtype): computed in double per element, returned in their dtype."""
+    _check_type(x)
+    dtype = x.dtype
+    alpha, x = _ready(alpha.detach(), dtype), _ready(x.detach(), dtype)
+    if alpha.shape != x.shape:
+        raise ValueError(f"gamma_grad: alpha {tuple(alpha.shape)} and x {tuple(x.shape)} differ in shape")
+    out = torch.empty_like(x)
+    _load().fns[("gamma_grad", dtype)](x.numel(), alpha.data_ptr(), x.data_ptr(), int(max_iter), out.data_ptr())
     return out
 
 
