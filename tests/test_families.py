@@ -198,13 +198,37 @@ def von_mises_points(kappa: float, dtype: torch.dtype):
     return x, vm.von_mises_concentration_grad_reference(torch.full(x.shape, kappa, dtype=torch.float64), x.double())
 
 
+@pytest.mark.parametrize("path", ["default", "torch"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kappa", VM_KAPPAS)
-def test_von_mises_grad_matches_mpmath(dtype, kappa):
+def test_von_mises_grad_matches_mpmath(dtype, kappa, path):
+    """Both paths: the default (the C kernel on CPU when it builds) and the PyTorch one."""
+    if path == "default" and not native.available():
+        pytest.skip(f"C kernel unavailable: {native.unavailable_reason()}")
     x, ref = von_mises_points(kappa, dtype)
-    ours = vm.von_mises_concentration_grad(torch.tensor(kappa, dtype=dtype), x)
+    grad = vm.von_mises_concentration_grad if path == "default" else vm.von_mises_concentration_grad_torch
+    ours = grad(torch.tensor(kappa, dtype=dtype), x)
     assert ours.dtype == dtype
     assert max_rel_error(ours, ref, dtype) <= VON_MISES_TOL[dtype]
+
+
+def test_von_mises_grad_c_kernel_is_used_and_agrees_with_the_torch_path(monkeypatch):
+    """On CPU the default path is the C kernel; it agrees with the PyTorch path to float64 rounding on samples
+    from kappa in [1e-2, 1e3], and float32 results are the same floats."""
+    if not native.available():
+        pytest.skip(f"C kernel unavailable: {native.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(4)
+    kappa = torch.exp(torch.empty(2000, dtype=torch.float64).uniform_(math.log(1e-2), math.log(1e3), generator=gen))
+    torch.manual_seed(4)
+    x = torch.distributions.VonMises(torch.zeros_like(kappa), kappa).sample()
+    calls, kernel = [], native.von_mises_grad
+    monkeypatch.setattr(native, "von_mises_grad", lambda *args: calls.append(1) or kernel(*args))
+    ours, theirs = vm.von_mises_concentration_grad(kappa, x), vm.von_mises_concentration_grad_torch(kappa, x)
+    assert calls
+    assert ((ours - theirs).abs() <= 1e-12 * theirs.abs() + 1e-300).all()
+    ours32 = vm.von_mises_concentration_grad(kappa.float(), x.float())
+    theirs32 = vm.von_mises_concentration_grad_torch(kappa.float(), x.float())
+    assert ours32.dtype == torch.float32 and (ours32 == theirs32).float().mean() > 0.99
 
 
 def test_coarse_von_mises_quadrature_fails_the_same_tolerance(monkeypatch):

@@ -600,6 +600,48 @@ void FN(gamma_grad)(int64_t n, const real *alpha, const real *xs, int64_t max_it
     }
 }
 
+/* And the von Mises concentration derivative dx/dkappa of centred samples x in [-pi, pi] (the quadratures of
+ * mixvae/distributions/von_mises.py, whose module docstring derives them), in double, one element at a time and
+ * only the form its element needs (bulk: nb Gauss-Legendre nodes on [0, y]; tail: nt nodes on a geometric grid
+ * from y to pi). kappa [n], x [n], a [n] = I1(kappa) / I0(kappa) (from the caller: libm has no Bessel functions
+ * of real order), nodes and weights on [0, 1] -> out [n]. pi = pi_hi + pi_lo as there. */
+void FN(von_mises_grad)(int64_t n, const double *kappa, const double *xs, const double *amean, int64_t nb,
+                        const double *vb, const double *wb, int64_t nt, const double *vt, const double *wt,
+                        real *out) {
+    const double pi_hi = 3.141592653589793, pi_lo = 1.2246467991473532e-16;
+    for (int64_t i = 0; i < n; ++i) {
+        const double k = kappa[i], xx = xs[i], a = amean[i], one_minus_a = 1 - a;
+        double y = fabs(xx), sign = xx > 0 ? 1 : (xx < 0 ? -1 : 0);
+        if (y > pi_hi) { y = (2 * pi_hi - y) + 2 * pi_lo; sign = -sign; }
+        double width = (pi_hi - y) + pi_lo;
+        width = width > 1e-300 ? width : 1e-300;
+        double g = 0;
+        const double sy = sin(0.5 * y), cy = cos(0.5 * y);
+        if (y <= acos(a)) { /* bulk: -int_0^y e^(k (cos t - cos y)) ((1 - A) - 2 sin^2(t/2)) dt */
+            for (int64_t j = 0; j < nb; ++j) {
+                const double t = y * vb[j], st = sin(0.5 * t), ct = cos(0.5 * t);
+                /* sin((t + y)/2) by the sum formula (two non-negative terms for t, y in [0, pi]: no cancellation);
+                 * sin((t - y)/2) directly (it is the small factor near t = y) */
+                const double lr = -2 * k * (st * cy + ct * sy) * sin(0.5 * (t - y));
+                g += wb[j] * (exp(lr) * (one_minus_a - 2 * st * st));
+            }
+            g = -y * g;
+        } else { /* tail: int_y^pi, t = y + W expm1(beta v) / expm1(beta) */
+            const double scale = 1 / (k * sin(y) + sqrt(k));
+            double beta = log1p(width / scale);
+            beta = beta > 1e-30 ? beta : 1e-30;
+            const double denom = expm1(beta);
+            for (int64_t j = 0; j < nt; ++j) {
+                const double e = expm1(beta * vt[j]), t = y + width * e / denom;
+                const double dt_dv = width * beta * (e + 1) / denom, st = sin(0.5 * t), ct = cos(0.5 * t);
+                const double lr = -2 * k * (st * cy + ct * sy) * sin(0.5 * (t - y));
+                g += wt[j] * (exp(lr) * (one_minus_a - 2 * st * st) * dt_dv);
+            }
+        }
+        out[i] = (real)(g * sign);
+    }
+}
+
 /* Transposes between the V rows of a group (one per sample) and the lane layout, a V x V tile at a time:
  * dst[c * stride + j] = rows[j][off + c] for c < m <= V, and back (AVX-512 / AVX2 shuffles for float where the
  * compiler targets them, these plain loops otherwise). */

@@ -143,6 +143,8 @@ _SIGNATURES = {  # name -> (argument types, result type); each exists as name_f3
                ctypes.c_void_p], ctypes.c_int64),
     "bernoulli": ([ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3, None),
     "gamma_grad": ([ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p], None),
+    "von_mises_grad": ([ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
+                       + [ctypes.c_int64] + [ctypes.c_void_p] * 3, None),
 }
 
 
@@ -281,6 +283,23 @@ def gamma_grad(alpha: torch.Tensor, x: torch.Tensor, max_iter: int) -> torch.Ten
         raise ValueError(f"gamma_grad: alpha {tuple(alpha.shape)} and x {tuple(x.shape)} differ in shape")
     out = torch.empty_like(x)
     _load().fns[("gamma_grad", dtype)](x.numel(), alpha.data_ptr(), x.data_ptr(), int(max_iter), out.data_ptr())
+    return out
+
+
+def von_mises_grad(kappa: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bulk: tuple, tail: tuple,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """dx/dkappa of centred von Mises samples (``von_mises.von_mises_concentration_grad``'s quadratures): kappa,
+    x and a = I1(kappa) / I0(kappa) float64 ``[n]``, ``bulk`` and ``tail`` the (nodes, weights) float64 of the two
+    Gauss-Legendre rules on [0, 1]; the result ``[n]`` in ``dtype`` (float32 or float64)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise NativeUnavailable(f"von_mises_grad returns float32/float64, not {dtype}")
+    args = [_ready(t.detach(), torch.float64) for t in (kappa, x, a, *bulk, *tail)]
+    if not all(t.is_cpu for t in args) or len({t.numel() for t in args[:3]}) != 1:
+        raise ValueError("von_mises_grad: kappa, x and a must be CPU tensors of one size")
+    out = torch.empty(args[0].numel(), dtype=dtype)
+    ptr = [t.data_ptr() for t in args]
+    _load().fns[("von_mises_grad", dtype)](args[0].numel(), ptr[0], ptr[1], ptr[2], args[3].numel(), ptr[3],
+                                           ptr[4], args[5].numel(), ptr[5], ptr[6], out.data_ptr())
     return out
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from mixvae.distributions import _special
+from mixvae.distributions import _special, native
 
 _PI_HI = math.pi  # the float64 nearest pi (below it)
 _PI_LO = 1.2246467991473532e-16  # pi - _PI_HI
@@ -68,9 +68,23 @@ def von_mises_concentration_grad(kappa: torch.Tensor, x: torch.Tensor) -> torch.
         kappa: concentration ``[...]`` (> 0), broadcast against ``x``.
         x: samples ``[...]`` centred at the location, in [-pi, pi].
 
-    Returns the derivative, broadcast shape, in the promoted dtype of the inputs; computed in float64 with
-    ``[N, 48]`` quadrature tensors.
+    Returns the derivative, broadcast shape, in the promoted dtype of the inputs; computed in float64. CPU
+    float32/float64 inputs go through the C kernel (``native.von_mises_grad``: per element only the form it
+    needs); otherwise :func:`von_mises_concentration_grad_torch`.
     """
+    kappa, x = torch.broadcast_tensors(kappa, x)
+    if native.supports(x) and kappa.device == x.device and native.available():
+        k = kappa.detach().to(torch.float64).reshape(-1)
+        a = torch.special.i1e(k) / torch.special.i0e(k)
+        grad = native.von_mises_grad(k, x.detach().reshape(-1).to(torch.float64), a,
+                                     _gauss_legendre(_BULK_NODES), _gauss_legendre(_TAIL_NODES), x.dtype)
+        return grad.reshape(x.shape)
+    return von_mises_concentration_grad_torch(kappa, x)
+
+
+def von_mises_concentration_grad_torch(kappa: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:func:`von_mises_concentration_grad` in PyTorch (any device): both forms for every element, ``[N, 48]``
+    quadrature tensors. What CUDA tensors and a machine without a C compiler use."""
     kappa, x = torch.broadcast_tensors(kappa, x)
     out_dtype = x.dtype
     k = kappa.detach().to(torch.float64).reshape(-1, 1)  # [N, 1]
