@@ -47,7 +47,7 @@ BAD_INPUTS = [
     (["estimator=vimco", "train.objective=iwae", "train.num_samples=1"], "vimco' needs num_samples >= 2"),
     (["dataset.root=no_such_dir"], "mnist: missing"),
     (["dataset.root=no_such_dir"], "set MIXVAE_DATA_DIR or dataset.root to a folder"),
-    (["graves_backend=triton"], "graves_backend must be one of auto, native, compile, eager"),
+    (["graves_backend=tpu"], "graves_backend must be one of auto, native, compile, eager, triton"),
     (["train.grad_clip=-1"], "train.grad_clip must be a number > 0 or null"),
     (["train.max_batches=0"], "train.max_batches must be an integer >= 1 or null"),
     (["eval.every=-1"], "eval.every must be an integer >= 0"),

@@ -22,12 +22,14 @@ ever used as a ratio (log-space weights; the normal tails through the Mills rati
     chat_kd = c_kd / f_d = w_kd (Phi_kd - u_d) / f_d (Phi - u below the conditional median, (1-u) - (1-Phi) above)
 and the sweep is written for v'_d = v_d f_d, which is finite wherever the ratios are.
 
-Three implementations of the backward pass are kept:
+Four implementations of the backward pass are kept:
 - the C kernel (``graves_native.c`` through :mod:`mixvae.distributions.native`; the default on CPU), the same
   coefficients and one sweep step per dimension, vectorised across samples;
+- the Triton kernel (:mod:`mixvae.distributions.graves_triton`; the default on CUDA when Triton is installed),
+  the same two passes over d, one program per block of samples;
 - :func:`blocked_vjp` (blocked, vectorised PyTorch; compiled by torch.compile on CUDA), and
 - :func:`graves_vjp_reference` (one plain step per dimension, straight from the notes), which the tests hold the
-  other two against and which documents the algorithm.
+  others against and which documents the algorithm.
 :func:`graves_vjp` dispatches between them (see the backends section below).
 """
 
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution
 
-from mixvae.distributions import native
+from mixvae.distributions import graves_triton, native
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _INV_SQRT2 = 1 / math.sqrt(2)
@@ -154,8 +156,14 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 # for CUDA. For small problems with one or two blocks (a VAE's batch: N K D of a few 10^4) the whole backward
 # compiles into one graph; otherwise only the coefficients and the final gradients are compiled, since a whole
 # graph then recomputes the coefficients inside every block (scripts/bench_rsample.py measured both).
-# "eager": plain PyTorch, the blocked sweep below. "auto" takes native for CPU tensors, compile elsewhere, and
-# falls back (with one warning) to eager when compiling fails, e.g. without a C++ compiler.
+# "triton" (the default on CUDA when triton imports): the C kernel's two passes over d as one fused Triton kernel
+# (graves_triton.py), one program per block of samples, float32; the forward draw z = mu_k + sigma_k eps is a second
+# small kernel. Under TRITON_INTERPRET=1 it also runs (slowly) on CPU tensors, which is how the tests check it;
+# "auto" still never takes it for CPU tensors.
+# "eager": plain PyTorch, the blocked sweep below. "auto" takes native for CPU tensors; for CUDA float32 tensors
+# triton, when triton imports, else compile; otherwise compile. It falls back with one warning each: from triton
+# (a kernel that fails to build or launch) to compile, and from compile to eager when compiling fails, e.g.
+# without a C++ compiler.
 #
 # Choosing one: DiagGaussianMixture(..., backend=NAME) for one distribution; ``with backend(NAME):`` for the
 # distributions made inside the block (a context variable: per thread and per asyncio task, restored on exit);
@@ -163,9 +171,9 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 # graves_backend key is a backend(...) block around the run, not a change of the default). A distribution keeps
 # the backend it was made with, so its backward pass runs there wherever .backward() is called.
 _WHOLE_GRAPH_MAX_ELEMENTS = 1 << 17
-BACKENDS = ("auto", "native", "compile", "eager")
+BACKENDS = ("auto", "native", "compile", "eager", "triton")
 _state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": {}, "failed": False,
-          "native_warned": False}
+          "native_warned": False, "triton_failed": False}
 _scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("mixvae_graves_backend", default=None)
 
 
@@ -178,7 +186,7 @@ def check_backend(name, what: str = "Graves backend") -> str:
 @contextlib.contextmanager
 def backend(name: str):
     """``with backend("eager"): ...``: distributions made inside the block run their Graves backward pass on
-    ``name`` ("auto", "native", "compile" or "eager"); the previous choice returns on exit."""
+    ``name`` ("auto", "native", "compile", "eager" or "triton"); the previous choice returns on exit."""
     token = _scoped.set(check_backend(name))
     try:
         yield
@@ -188,8 +196,8 @@ def backend(name: str):
 
 def set_backend(name: str) -> None:
     """Set the process default backend (what distributions made outside any :func:`backend` block, with no
-    ``backend=`` argument, use): "auto" (native C on CPU, compiled elsewhere, eager if those fail), "native",
-    "compile" or "eager"."""
+    ``backend=`` argument, use): "auto" (native C on CPU, Triton or compiled on CUDA, eager if those fail),
+    "native", "compile", "eager" or "triton"."""
     _state["backend"] = check_backend(name)
 
 
@@ -260,6 +268,28 @@ def _use_native(backend: str, loc: torch.Tensor) -> bool:
     return False
 
 
+def _on_cuda(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
+def _use_triton(backend: str, loc: torch.Tensor) -> bool:
+    """Whether ``backend`` runs ``loc``'s problem on the Triton kernel: "triton" always (raising one line when it
+    cannot), "auto" for CUDA float32 tensors when triton imports and has not failed in this process."""
+    if backend == "triton":
+        graves_triton.check(loc)
+        return True
+    return (backend == "auto" and not _state["triton_failed"] and _on_cuda(loc) and graves_triton.supports(loc)
+            and graves_triton.available(loc))
+
+
+def _triton_failed(err: Exception, what: str) -> None:
+    """auto: the Triton kernel failed (once per process): warn once, use the other paths from now on."""
+    _state["triton_failed"] = True
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    warnings.warn(f"mixvae: the Triton Graves {what} failed ({type(err).__name__}: {first_line}); "
+                  "using torch.compile / PyTorch", stacklevel=3)
+
+
 def use_native(t: torch.Tensor, backend: str | None = None) -> bool:
     """Whether ``backend`` (default :func:`get_backend`) runs tensors like ``t`` through the C kernel."""
     return _use_native(backend or get_backend(), t)
@@ -279,6 +309,13 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
     backend = check_backend(backend) if backend else get_backend()
     if _use_native(backend, loc):
         return native.graves_vjp(grad_z, z, logits, loc, scale)
+    if _use_triton(backend, loc):
+        if backend == "triton":
+            return graves_triton.graves_vjp(grad_z, z, logits, loc, scale)
+        try:
+            return graves_triton.graves_vjp(grad_z, z, logits, loc, scale)
+        except Exception as err:  # a kernel that fails to build or launch must not stop training
+            _triton_failed(err, "backward kernel")
     args = (grad_z, z, logits, loc, scale, block_size)
     if backend == "eager" or (backend == "auto" and _state["failed"]):
         return blocked_vjp(*args)
@@ -350,9 +387,17 @@ class GravesSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, loc, scale, index, eps, block_size, backend=None):
         backend = backend or get_backend()
+        z = None
         if _use_native(backend, loc):
             z = native.compose(loc, scale, index, eps)
-        else:
+        elif _use_triton(backend, loc):
+            try:
+                z = graves_triton.compose(loc, scale, index, eps)
+            except Exception as err:
+                if backend == "triton":
+                    raise
+                _triton_failed(err, "draw kernel")
+        if z is None:
             rows = torch.arange(index.shape[0], device=index.device)
             z = loc[rows, index] + scale[rows, index] * eps  # [N, D]
         ctx.save_for_backward(z, logits, loc, scale)
