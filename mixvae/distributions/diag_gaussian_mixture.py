@@ -59,8 +59,9 @@ class DiagGaussianMixture(Distribution):
         validate_args: check shapes and values, raising a one-line ``ValueError`` naming the argument
             (None: torch's global default, see ``torch.distributions.Distribution.set_default_validate_args``).
         block_size: dimensions per triangular solve in the Graves backward pass (the PyTorch backends).
-        backend: how the Graves backward pass runs: "auto" (the C kernel for CPU float32/float64, torch.compile
-            elsewhere), "native", "compile" or "eager"; None: the innermost ``graves_transform.backend(...)``
+        backend: how the Graves backward pass runs: "auto" (the C kernel for CPU float32/float64, the Triton
+            kernel for CUDA float32 when triton is installed, torch.compile elsewhere), "native", "triton",
+            "compile" or "eager"; None: the innermost ``graves_transform.backend(...)``
             block, else the process default ($MIXVAE_GRAVES_BACKEND, else "auto"). Fixed at construction.
 
     The three parameter tensors broadcast against each other; ``batch_shape`` is the broadcast ``[*batch]`` and
