@@ -257,9 +257,39 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(graves_triton, "graves_vjp", spy)
     monkeypatch.setattr(gt, "_compiled", lambda fn: fn)
     monkeypatch.setitem(gt._state, "triton_failed", False)
+    monkeypatch.setitem(gt._state, "triton_verified", {"cpu": True})  # auto's self-check: passed (tested apart)
     monkeypatch.setitem(gt._state, "failed", False)
     monkeypatch.setattr(native, "supports", lambda t: False)  # as for a CUDA tensor
     return spy
+
+
+def test_auto_self_check_refuses_a_kernel_that_disagrees_with_the_reference(fake_cuda, monkeypatch):
+    """Before auto first uses the kernel on a device it checks it once against the float64 reference: a wrong
+    kernel (here 1 % off in grad_loc) is never used; one warning, and the compiled / eager path gives the
+    reference's gradients. A correct kernel passes the check and is used."""
+    monkeypatch.setitem(gt._state, "triton_verified", {})
+    args = _problem(torch.float32, n=4, k=2, d=3)
+    ref = gt.graves_vjp_reference(*args)
+
+    def wrong(*a, **k):
+        g_logits, g_loc, g_scale = gt.graves_vjp_reference(*a)
+        return g_logits, g_loc * 1.01, g_scale
+
+    monkeypatch.setattr(graves_triton, "graves_vjp", wrong)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = gt.graves_vjp(*args, backend="auto")
+        gt.graves_vjp(*args, backend="auto")
+    messages = [str(w.message) for w in caught if "Triton" in str(w.message)]
+    assert len(messages) == 1 and "disagrees with the reference" in messages[0] and "loc" in messages[0]
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    monkeypatch.setitem(gt._state, "triton_verified", {})
+    monkeypatch.setitem(gt._state, "triton_failed", False)
+    monkeypatch.setattr(graves_triton, "graves_vjp", fake_cuda)
+    gt.graves_vjp(*args, backend="auto")
+    assert gt._state["triton_verified"] == {"cpu": True} and len(fake_cuda.calls) == 2  # the check, then the call
 
 
 def test_auto_takes_triton_on_cuda_float32(fake_cuda):

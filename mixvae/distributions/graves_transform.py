@@ -173,7 +173,7 @@ def _parameter_grads(v, big_c, r, chat, s, x, scale):
 _WHOLE_GRAPH_MAX_ELEMENTS = 1 << 17
 BACKENDS = ("auto", "native", "compile", "eager", "triton")
 _state = {"backend": os.environ.get("MIXVAE_GRAVES_BACKEND", "auto"), "compiled": {}, "failed": False,
-          "native_warned": False, "triton_failed": False}
+          "native_warned": False, "triton_failed": False, "triton_verified": {}}
 _scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("mixvae_graves_backend", default=None)
 
 
@@ -279,7 +279,39 @@ def _use_triton(backend: str, loc: torch.Tensor) -> bool:
         graves_triton.check(loc)
         return True
     return (backend == "auto" and not _state["triton_failed"] and _on_cuda(loc) and graves_triton.supports(loc)
-            and graves_triton.available(loc))
+            and graves_triton.available(loc) and _triton_verified(loc.device))
+
+
+def _triton_verified(device: torch.device) -> bool:
+    """auto's guard on a kernel that is compiled for this GPU only now: once per device, the Triton backward on a
+    small fixed problem (37 samples, K = 5, D = 9, some far in the tails) against the float64 reference; a
+    mismatch (or an error) warns once and leaves auto on the other paths, rather than risk wrong gradients."""
+    key = str(device)
+    if key not in _state["triton_verified"]:
+        gen = torch.Generator().manual_seed(0)
+        n, k, d = 37, 5, 9
+        logits, loc = torch.randn(n, k, generator=gen), torch.randn(n, k, d, generator=gen)
+        scale = torch.rand(n, k, d, generator=gen) + 0.3
+        index = torch.randint(0, k, (n,), generator=gen)
+        z = loc[torch.arange(n), index] + scale[torch.arange(n), index] * torch.randn(n, d, generator=gen)
+        z[::6] += 6.0  # tail samples
+        grad_z = torch.randn(n, d, generator=gen)
+        args = (grad_z, z, logits, loc, scale)
+        ref = graves_vjp_reference(*(t.double() for t in args))
+        try:
+            got = graves_triton.graves_vjp(*(t.to(device) for t in args))
+            bad = [name for name, a, b in zip(("logits", "loc", "scale"), got, ref)
+                   if not torch.allclose(a.double().cpu(), b, rtol=2e-4, atol=2e-4 * (1 + b.abs().max().item()))]
+        except Exception as err:  # noqa: BLE001 - any failure of the kernel means: do not use it
+            _triton_failed(err, "backward kernel (self-check)")
+            return False
+        _state["triton_verified"][key] = not bad
+        if bad:
+            _state["triton_failed"] = True
+            warnings.warn(f"mixvae: the Triton Graves backward kernel disagrees with the reference on {key} "
+                          f"(gradients of {', '.join(bad)}); using torch.compile / PyTorch. Please report this "
+                          "with your GPU and triton version", stacklevel=4)
+    return _state["triton_verified"][key]
 
 
 def _triton_failed(err: Exception, what: str) -> None:
