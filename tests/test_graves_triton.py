@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from test_graves_backends import _problem as _backends_problem
 
 from mixvae.distributions import DiagGaussianMixture, graves_triton, native
 from mixvae.distributions import graves_transform as gt
@@ -23,15 +24,8 @@ TOL = 2e-4  # float32 against the float64 reference, as for the C kernel in test
 
 
 def _problem(dtype, n, k, d, seed=0):
-    """As test_graves_backends._problem: z drawn from the mixture, unit-scale random dL/dz."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, k, generator=g, dtype=dtype)
-    loc = 2 * torch.randn(n, k, d, generator=g, dtype=dtype)
-    scale = 0.3 + torch.rand(n, k, d, generator=g, dtype=dtype)
-    idx = torch.randint(k, (n,), generator=g)
-    z = loc[torch.arange(n), idx] + scale[torch.arange(n), idx] * torch.randn(n, d, generator=g, dtype=dtype)
-    grad_z = torch.randn(n, d, generator=g, dtype=dtype)
-    return grad_z, z, logits, loc, scale
+    """test_graves_backends._problem: z drawn from the mixture, unit-scale random dL/dz."""
+    return tuple(_backends_problem(dtype, n=n, k=k, d=d, seed=seed))
 
 
 def _tail_problem(n, k, d, tails):
