@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution
 
-from mixvae.distributions import graves_triton, native
+from mixvae.distributions import native
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _INV_SQRT2 = 1 / math.sqrt(2)
@@ -268,6 +268,14 @@ def _use_native(backend: str, loc: torch.Tensor) -> bool:
     return False
 
 
+def _triton():
+    """mixvae.distributions.graves_triton, imported on first need (importing triton costs about 0.4 s, which a
+    CPU-only user should not pay)."""
+    from mixvae.distributions import graves_triton
+
+    return graves_triton
+
+
 def _on_cuda(t: torch.Tensor) -> bool:
     return t.is_cuda
 
@@ -276,10 +284,10 @@ def _use_triton(backend: str, loc: torch.Tensor) -> bool:
     """Whether ``backend`` runs ``loc``'s problem on the Triton kernel: "triton" always (raising one line when it
     cannot), "auto" for CUDA float32 tensors when triton imports and has not failed in this process."""
     if backend == "triton":
-        graves_triton.check(loc)
+        _triton().check(loc)
         return True
-    return (backend == "auto" and not _state["triton_failed"] and _on_cuda(loc) and graves_triton.supports(loc)
-            and graves_triton.available(loc) and _triton_verified(loc.device))
+    return (backend == "auto" and not _state["triton_failed"] and _on_cuda(loc) and _triton().supports(loc)
+            and _triton().available(loc) and _triton_verified(loc.device))
 
 
 def _triton_verified(device: torch.device) -> bool:
@@ -299,7 +307,7 @@ def _triton_verified(device: torch.device) -> bool:
         args = (grad_z, z, logits, loc, scale)
         ref = graves_vjp_reference(*(t.double() for t in args))
         try:
-            got = graves_triton.graves_vjp(*(t.to(device) for t in args))
+            got = _triton().graves_vjp(*(t.to(device) for t in args))
             bad = [name for name, a, b in zip(("logits", "loc", "scale"), got, ref)
                    if not torch.allclose(a.double().cpu(), b, rtol=2e-4, atol=2e-4 * (1 + b.abs().max().item()))]
         except Exception as err:  # noqa: BLE001 - any failure of the kernel means: do not use it
@@ -343,9 +351,9 @@ def graves_vjp(grad_z, z, logits, loc, scale, block_size: int = DEFAULT_BLOCK_SI
         return native.graves_vjp(grad_z, z, logits, loc, scale)
     if _use_triton(backend, loc):
         if backend == "triton":
-            return graves_triton.graves_vjp(grad_z, z, logits, loc, scale)
+            return _triton().graves_vjp(grad_z, z, logits, loc, scale)
         try:
-            return graves_triton.graves_vjp(grad_z, z, logits, loc, scale)
+            return _triton().graves_vjp(grad_z, z, logits, loc, scale)
         except Exception as err:  # a kernel that fails to build or launch must not stop training
             _triton_failed(err, "backward kernel")
     args = (grad_z, z, logits, loc, scale, block_size)
@@ -424,7 +432,7 @@ class GravesSample(torch.autograd.Function):
             z = native.compose(loc, scale, index, eps)
         elif _use_triton(backend, loc):
             try:
-                z = graves_triton.compose(loc, scale, index, eps)
+                z = _triton().compose(loc, scale, index, eps)
             except Exception as err:
                 if backend == "triton":
                     raise
