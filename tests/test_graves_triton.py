@@ -326,3 +326,14 @@ def test_auto_on_cpu_stays_native(monkeypatch):
         assert torch.equal(a, b)
     p = [t.requires_grad_() for t in (torch.randn(3, 2), torch.randn(3, 2, 4), torch.rand(3, 2, 4).add(0.5))]
     DiagGaussianMixture(*p, backend="auto").rsample().sum().backward()
+
+
+def test_describe_backend_names_what_runs_on_cuda(monkeypatch):
+    """summary.json's graves_backend for a CUDA run says Triton (float32) / compile (float64), and compile once
+    the kernel has failed or disagreed with the reference."""
+    monkeypatch.setitem(gt._state, "triton_failed", False)
+    assert gt.describe_backend("auto", device="cuda") == "auto (CUDA: triton for float32, compile for float64)"
+    assert gt.describe_backend("eager", device="cuda") == "eager"
+    assert gt.describe_backend("auto", device="cpu").startswith("auto (CPU:")
+    monkeypatch.setitem(gt._state, "triton_failed", True)
+    assert gt.describe_backend("auto", device="cuda").startswith("auto (CUDA: compile;")

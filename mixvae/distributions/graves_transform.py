@@ -212,10 +212,20 @@ def get_backend() -> str:
     return name
 
 
-def describe_backend(name: str | None = None) -> str:
-    """``name`` (default :func:`get_backend`) with what runs for CPU tensors, e.g. "auto (CPU: native C, avx512)"
-    (for summary.json and the benchmarks)."""
+def describe_backend(name: str | None = None, device: torch.device | str | None = None) -> str:
+    """``name`` (default :func:`get_backend`) with what runs on ``device`` (default CPU), e.g. "auto (CPU: native
+    C, avx512)" or "auto (CUDA: triton for float32, compile for float64)" (for summary.json and the benchmarks)."""
     name = name or get_backend()
+    if device is not None and torch.device(device).type == "cuda":
+        if name not in ("auto", "triton"):
+            return name
+        if _state["triton_failed"]:
+            return f"{name} (CUDA: compile; the Triton kernel failed or disagreed with the reference)"
+        triton_imports = _triton().triton is not None
+        if name == "triton":
+            return "triton (CUDA)" if triton_imports else "triton (CUDA: triton does not import here)"
+        return ("auto (CUDA: triton for float32, compile for float64)" if triton_imports
+                else "auto (CUDA: compile; triton does not import)")
     if name in ("auto", "native") and native.available():
         return f"{name} (CPU: native C, {native.isa()})"
     if name == "auto":

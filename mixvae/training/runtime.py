@@ -138,7 +138,7 @@ def hardware(device: torch.device) -> dict:
         **cpu_facts(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "graves_backend": graves_transform.describe_backend(),  # the name, and the kernel path run on CPU
+        "graves_backend": graves_transform.describe_backend(device=device),  # the name, and what runs there
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
