@@ -10,13 +10,14 @@
 # time; the whole script stays under about 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/gpu_checks}
+OUT=${OUT:-results/benchmarks/gpu}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled MIXVAE_DATA_DIR="$PWD/.gpudata"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+[ -d .gpudata ] && export MIXVAE_DATA_DIR="$PWD/.gpudata"  # packed by prepare_gpu_checks.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:$PWD/.whl/site"
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
@@ -24,7 +25,7 @@ fi
 timeout 180 python3 -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -40 > "$OUT/cuda_tests.log"
 tail -3 "$OUT/cuda_tests.log"
 timeout 150 python3 scripts/bench_rsample.py --device cuda --out "$OUT/mixture_rsample_cuda.md" 2>&1 | tail -3
-timeout 150 python3 scripts/bench_train.py --device cuda --out "$OUT/train_cuda" --data-root "$PWD/.gpudata" 2>&1 | tail -3
+timeout 150 python3 scripts/bench_train.py --device cuda --out "$OUT/train_cuda" 2>&1 | tail -3
 [ -f "$OUT/train_cuda/train_throughput.md" ] && mv "$OUT/train_cuda/train_throughput.md" "$OUT/train_throughput_cuda.md"
 rmdir "$OUT/train_cuda" 2>/dev/null
 ls -la "$OUT"
