@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -51,3 +52,12 @@ def header(title: str, command: str | None = None) -> list[str]:
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
         "",
     ]
+
+
+def write_report(path: str | Path, lines: list[str]) -> Path:
+    """Write a benchmark's markdown ``lines`` to ``path`` (its folder made if needed) and say so."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+    return out

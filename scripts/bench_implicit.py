@@ -32,7 +32,7 @@ import scipy.stats  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import cpu_name, header  # noqa: E402
+from _report import cpu_name, header, write_report  # noqa: E402
 
 from mixvae.distributions import Beta, DiagGaussianMixture, Dirichlet, Gamma, VonMises  # noqa: E402
 from mixvae.distributions import graves_transform as gt  # noqa: E402
@@ -376,10 +376,7 @@ def main(argv=None):
     for row in speed:
         lines.append(f"| {row['name']} | " + " | ".join(fmt_us(row.get(c)) for c in cols) + " |")
     lines += ["", f"Total run time {time.perf_counter() - start:.0f} s.", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from torch.distributions import Normal  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import cpu_name, hardware, header  # noqa: E402
+from _report import cpu_name, hardware, header, write_report  # noqa: E402
 
 from mixvae.distributions import DiagGaussianMixture, native  # noqa: E402
 
@@ -365,10 +365,7 @@ def main(argv=None):
         lines += ["Scaling (linear cost: x4):"] + linearity(rows) + [""]
     if "cuda" not in devices:
         lines += ["No CUDA device was present for this run: the CUDA table is missing.", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

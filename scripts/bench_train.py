@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import hardware, header  # noqa: E402
+from _report import hardware, header, write_report  # noqa: E402
 from bench_rsample import cpu_description  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -413,12 +413,8 @@ def main():
         lines += bench_device(device, args)
     if "cuda" not in devices:
         lines += ["## CUDA", "", "No GPU in this run: the GPU targets stay open.", ""]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "train_throughput.md"
-    path.write_text("\n".join(lines))
     print("\n".join(lines))
-    print(f"wrote {path}")
+    write_report(Path(args.out) / "train_throughput.md", lines)
 
 
 if __name__ == "__main__":
