@@ -351,3 +351,22 @@ def test_summary_names_no_machine_folders(config, tmp_path, monkeypatch, data_ro
     summary = train(config(), tmp_path / "run")  # an absolute run dir below the working directory
     assert summary["run_dir"] == "run"
     assert str(data_root) not in summary["data"]["source"] and "$MIXVAE_DATA_DIR" in summary["data"]["source"]
+
+
+def test_a_finished_run_asked_for_another_test_is_tested_again(config, tmp_path):
+    """Rerunning a completed run with other test settings (here the whole fixture test split instead of its
+    first batch) tests the best weights again: a new summary and one test record, training records untouched;
+    rerunning with the same settings again is a no-op."""
+    first = train(config("eval.max_batches=1"), tmp_path)
+    before = read_metrics(tmp_path)
+    again = train(config("eval.max_batches=null"), tmp_path)
+    after = read_metrics(tmp_path)
+    tests = [r for r in after if "test/elbo" in r]
+    assert len(tests) == 1 and tests[0]["test/elbo"] == again["metrics"]["test/elbo"]
+    assert again["metrics"]["test/elbo"] != first["metrics"]["test/elbo"]
+    assert again["config"]["eval"]["max_batches"] is None
+    assert [r for r in after if "test/elbo" not in r] == [r for r in before if "test/elbo" not in r]
+    assert again["epochs"] == first["epochs"] and again["steps"] == first["steps"]
+    mtime = (tmp_path / "summary.json").stat().st_mtime_ns
+    assert train(config("eval.max_batches=null"), tmp_path)["metrics"] == again["metrics"]
+    assert (tmp_path / "summary.json").stat().st_mtime_ns == mtime

@@ -214,7 +214,7 @@ def _instantiate(node: DictConfig, key: str, **kwargs):
 _RUN_CONTROL = ("resume", "progress", "device", "threads", "deterministic", "graves_backend", "logger.",
                 "dataset.root", "dataset.download", "dataset.verify", "train.epochs", "train.stop_after",
                 "train.log_every", "train.max_batches", "eval.every", "eval.patience", "eval.iwae_samples",
-                "eval.chunk", "eval.batch_size", "eval.max_batches", "checkpoint.")
+                "eval.chunk", "eval.batch_size", "eval.max_batches", "eval.valid_max_batches", "checkpoint.")
 _DEFINING = ("optim._target_", "optim.amsgrad", "optim.maximize")  # the optimizer's kind and state layout
 _APPLIED = ("optim.", "schedule.", "train.grad_clip")
 # Keys added after runs were first checkpointed, with the value that behaves as the code before them did: a
@@ -255,6 +255,19 @@ def _progress_enabled(setting) -> bool:
     if setting == "auto":
         return sys.stderr.isatty() and not os.environ.get("CI")
     return bool(setting)
+
+
+_TEST_SETTINGS = ("iwae_samples", "max_batches", "batch_size", "chunk", "seed")  # eval.* keys the test depends on
+
+
+def _test_settings(cfg) -> dict:
+    """The eval settings that define a run's test numbers (the samples, which images, the sample stream)."""
+    ev = (cfg.get("eval") if hasattr(cfg, "get") else None) or {}
+    return {k: ev.get(k) for k in _TEST_SETTINGS}
+
+
+def _fmt_settings(settings: dict) -> str:
+    return ", ".join(f"eval.{k}={v}" for k, v in settings.items())
 
 
 class Trainer:
@@ -531,8 +544,8 @@ class Trainer:
 
     def validate(self) -> dict:
         ev = self.cfg.eval
-        out = evaluate(self.model, self.data, "valid", ev.valid_samples, ev.chunk, ev.batch_size, ev.seed,
-                       ev.get("max_batches"))
+        cap = ev.get("valid_max_batches") or ev.get("max_batches")
+        out = evaluate(self.model, self.data, "valid", ev.valid_samples, ev.chunk, ev.batch_size, ev.seed, cap)
         if not out:
             return out
         state = self.state
@@ -572,8 +585,14 @@ class Trainer:
         self._saved_epoch = self.state["epoch"]
         previous = read_summary(self.run_dir)
         if self.finished() and previous and previous.get("status") == "completed":
-            log.info("%s already holds a completed run; nothing to do", self.run_dir)
-            return previous
+            then, now = _test_settings(previous.get("config") or {}), _test_settings(cfg)
+            if then == now:
+                log.info("%s already holds a completed run; nothing to do", self.run_dir)
+                return previous
+            # a finished run asked for another test (e.g. the whole test set, or more samples): test the best
+            # weights again rather than hand back a summary that no longer matches the command
+            log.info("%s holds a completed run tested with %s; testing it again with %s", self.run_dir,
+                     _fmt_settings(then), _fmt_settings(now))
         self.metrics.truncate(metrics_size)
         OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
         config = OmegaConf.to_container(cfg, resolve=True)
