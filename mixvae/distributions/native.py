@@ -15,6 +15,14 @@ loaded. A path whose flags the compiler rejects falls back to ``plain``.
 ctypes releases the GIL during the call, so large batches are split over ``torch.get_num_threads()`` threads.
 Large gradient buffers are reused across calls once nothing refers to them (:func:`_output`), so a training loop
 does not pay page faults for fresh memory every step.
+
+Subnormal numbers: on x86 the backward pass runs with the FPU's flush-to-zero mode on (set on entry, restored on
+exit, per calling thread), so a result that would fall below the smallest normal number (1.2e-38 in float,
+2.2e-308 in double) is 0. Such values arise where a component's weight given z_<d has decayed to ~1e-38, and every
+operation on them costs a microcode assist of about a hundred cycles: at B = 100, K = 40, D = 200 they made the
+backward pass 1.4-2x slower. What changes is below 1e-34 absolute in float (the loc and scale gradients of
+components of negligible weight; measured on random problems against the unflushed kernel); inputs are read as
+they are (no denormals-are-zero). The PyTorch backends keep IEEE gradual underflow.
 """
 
 from __future__ import annotations
