@@ -201,14 +201,16 @@ def run(device, grid, pyro_budget_ms):
             timed["compiled"] = (methods["compiled"], 40)
         if MixtureOfDiagNormals is not None:
             timed["pyro"] = (methods["pyro"], 2 if slow else 40)
-        if "tfp-jax" in methods:
-            # TFP's reparameterized mixture differentiates one dimension at a time, O(B K D^2): ~1e-4 ms per
-            # (b, k, d, d) on one core here; a few calls where one takes seconds, none past TFP_MAX_MS
-            tfp_ms = 1.1e-4 * b * k * d * d
-            if tfp_ms <= TFP_MAX_MS:
-                timed["tfp-jax"] = (methods["tfp-jax"], 2 if tfp_ms > 1000 else 40)
         row = {"B": b, "K": k, "D": d, **{c: float("nan") for c in COLUMNS}}
         row.update(time_interleaved(timed, device))
+        if "tfp-jax" in methods:
+            # TFP's reparameterized mixture differentiates one dimension at a time, O(B K D^2): ~1e-4 ms per
+            # (b, k, d, d) on one core here; a few calls where one takes seconds, none past TFP_MAX_MS. Timed
+            # after the others, not in turns with them: XLA's runtime keeps threads of its own busy after a call
+            # (the CPU clock counts them) and the torch methods timed in turns with it measured up to 2x slower.
+            tfp_ms = 1.1e-4 * b * k * d * d
+            if tfp_ms <= TFP_MAX_MS:
+                row.update(time_interleaved({"tfp-jax": (methods["tfp-jax"], 2 if tfp_ms > 1000 else 40)}, device))
         rows.append(row)
         print(f"{device} B={b:5d} K={k:3d} D={d:4d}  " + "  ".join(f"{c} {row[c]:.3f}" for c in COLUMNS) + " ms",
               flush=True)
@@ -349,7 +351,9 @@ def main(argv=None):
         "back-substitution), `graves eager` backend='eager' (plain PyTorch; the compiled column is left empty on "
         "CUDA, where it is the default); `enumerate` draws all K reparameterized samples; `pyro` is "
         "`pyro.distributions.MixtureOfDiagNormals`; `tfp-jax` is TensorFlow Probability on JAX "
-        "(MixtureSameFamily(reparameterize=True), sample and jax.grad jitted together, one XLA thread) "
+        "(MixtureSameFamily(reparameterize=True), sample and jax.grad jitted together, one XLA thread; timed after "
+        "the torch methods of its row, not in turns with them: XLA's threads stay busy after a call and slowed "
+        "whatever was timed next) "
         + (f"({TFP_ERROR.splitlines()[0]}: column empty)" if TFP_ERROR else
            f"(jax {jax.__version__}, tfp {tfp.__version__})") + ". "
         f"validation share = 1 - graves / user. The tfp-jax column is left empty where one call would take over "

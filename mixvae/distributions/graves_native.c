@@ -187,6 +187,13 @@ static inline double log_f64(double x) { return log(x); }
 
 /* ---- V x V transposes between per-sample rows and the lane layout (the kernel's lanes are samples) --------- */
 
+/* A tile's V stores go to V rows a sample's K x D apart, lines that have usually left the cache since the last call:
+ * each store waits for its line to be read in first, and V streams of them defeat the hardware prefetcher. So each
+ * tile asks for the lines STORE_AHEAD floats further along its rows (the next tiles' lines) to be fetched for
+ * writing: 9.0 -> 7.1 ms for the kernel at B = 100, K = 40, D = 200 (AVX-512), no change at small sizes. Full tiles
+ * use plain rather than masked loads and stores. */
+#define STORE_AHEAD 64
+
 /* float with AVX-512: a tile of 16 rows x m <= 16 columns in 16 registers, transposed by shuffles (the kernel's
  * FN(tile_in) / FN(tile_out) say what a tile is; they are the plain loops used otherwise). */
 #if defined(__AVX512F__)
@@ -222,7 +229,10 @@ static inline void tile16_in_f32(const float *const *rows, int64_t off, int64_t 
                                  int64_t stride) {
     const __mmask16 mask = (__mmask16)((1u << m) - 1);
     __m512 r[16];
-    for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_ps(mask, rows[j] + off);
+    if (m == 16)
+        for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(rows[j] + off);
+    else
+        for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_ps(mask, rows[j] + off);
     transpose16_f32(r);
     for (int c = 0; c < m; ++c) _mm512_storeu_ps(dst + stride * c, r[c]);
 }
@@ -232,7 +242,11 @@ static inline void tile16_out_f32(const float *restrict src, int64_t stride, int
     __m512 r[16];
     for (int c = 0; c < 16; ++c) r[c] = c < m ? _mm512_loadu_ps(src + stride * c) : _mm512_setzero_ps();
     transpose16_f32(r);
-    for (int j = 0; j < lanes; ++j) _mm512_mask_storeu_ps(rows[j] + off, mask, r[j]);
+    for (int j = 0; j < lanes; ++j) __builtin_prefetch(rows[j] + off + STORE_AHEAD, 1, 3);
+    if (m == 16)
+        for (int j = 0; j < lanes; ++j) _mm512_storeu_ps(rows[j] + off, r[j]);
+    else
+        for (int j = 0; j < lanes; ++j) _mm512_mask_storeu_ps(rows[j] + off, mask, r[j]);
 }
 #elif defined(__AVX2__)
 #include <immintrin.h>
@@ -261,7 +275,10 @@ static inline void tile8_in_f32(const float *const *rows, int64_t off, int64_t m
                                 int64_t stride) {
     const __m256i mask = mask8(m);
     __m256 r[8];
-    for (int j = 0; j < 8; ++j) r[j] = _mm256_maskload_ps(rows[j] + off, mask);
+    if (m == 8)
+        for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(rows[j] + off);
+    else
+        for (int j = 0; j < 8; ++j) r[j] = _mm256_maskload_ps(rows[j] + off, mask);
     transpose8_f32(r);
     for (int c = 0; c < m; ++c) _mm256_storeu_ps(dst + stride * c, r[c]);
 }
@@ -271,7 +288,11 @@ static inline void tile8_out_f32(const float *restrict src, int64_t stride, int6
     __m256 r[8];
     for (int c = 0; c < 8; ++c) r[c] = c < m ? _mm256_loadu_ps(src + stride * c) : _mm256_setzero_ps();
     transpose8_f32(r);
-    for (int j = 0; j < lanes; ++j) _mm256_maskstore_ps(rows[j] + off, mask, r[j]);
+    for (int j = 0; j < lanes; ++j) __builtin_prefetch(rows[j] + off + STORE_AHEAD, 1, 3);
+    if (m == 8)
+        for (int j = 0; j < lanes; ++j) _mm256_storeu_ps(rows[j] + off, r[j]);
+    else
+        for (int j = 0; j < lanes; ++j) _mm256_maskstore_ps(rows[j] + off, mask, r[j]);
 }
 #endif
 
@@ -738,7 +759,12 @@ void FN(vjp)(int64_t n0, int64_t n1, int64_t K, int64_t D, const real *grad_z, c
         FN(gather)(rows[2], D, w.Z);
         FN(gather)(rows[3], D, w.GZ);
         FN(gather)(rows[4], K, w.L);
-        const int64_t next = n + V < n1 ? (n1 - n - V < V ? n1 - n - V : V) : 0; /* samples in the next group */
+        /* samples in the next group, whose parameters the coefficients pass prefetches: only while this group's
+         * scratch and those parameters (six K x D x V arrays) fit in 512 KB, a fair share of an L2. Past that the
+         * prefetched lines evict the scratch the sweep is about to read (B = 100, K = 40, D = 200: 6.7 ms with the
+         * prefetch, 5.7 without; B = 1000, K = 10, D = 50: 2.25 with, 2.4 without). */
+        const int64_t fits = 6 * KD * V * (int64_t)sizeof(real) <= 512 * 1024;
+        const int64_t next = fits && n + V < n1 ? (n1 - n - V < V ? n1 - n - V : V) : 0;
         FN(coefficients)(K, D, w, next ? loc + (n + V) * KD : 0, next ? scale + (n + V) * KD : 0, next * KD);
         FN(sweep)(K, D, w);
         real *out[3][V];
