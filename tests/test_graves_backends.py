@@ -361,3 +361,27 @@ def test_native_flush_to_zero_is_scoped_to_the_kernel():
     ref = gt.graves_vjp_reference(*(t.double() for t in args))
     for a, b in zip(got, ref):
         assert torch.allclose(a.double(), b, rtol=2e-4, atol=2e-4), (a.double() - b).abs().max()
+
+
+def test_wide_problems_take_the_narrower_kernel_on_avx512(monkeypatch):
+    """On an AVX-512 machine a problem whose 16-lane scratch would overflow 3/4 of the L2 cache runs on the
+    8-lane AVX2 build (half the scratch; faster there, see native._vjp_library); smaller ones, and any call that
+    names its path, run where they were asked."""
+    if not native.available():
+        pytest.skip(native.unavailable_reason())
+    if native.isa() != "avx512" or "avx2" not in native.runnable_isas():
+        pytest.skip(f"this machine's kernel path is {native.isa()}: nothing narrower to hand wide problems to")
+    assert native.l2_cache_bytes() > 0
+    args = _problem(torch.float32, n=20, k=6, d=30, seed=5)  # 4 * 6 * 30 * 16 floats: 46 KB of scratch
+    monkeypatch.setitem(native._state, "l2", 1 << 30)
+    assert native._vjp_library(None, 6, 30, torch.float32).isa == "avx512"
+    wide = native.graves_vjp(*args)
+    assert all(torch.equal(a, b) for a, b in zip(wide, native.graves_vjp(*args, isa="avx512")))
+    monkeypatch.setitem(native._state, "l2", 32 << 10)  # now 46 KB is past 3/4 of the "L2"
+    assert native._vjp_library(None, 6, 30, torch.float32).isa == "avx2"
+    assert native._vjp_library("avx512", 6, 30, torch.float32).isa == "avx512"
+    narrow = native.graves_vjp(*args)
+    assert all(torch.equal(a, b) for a, b in zip(narrow, native.graves_vjp(*args, isa="avx2")))
+    ref = gt.graves_vjp_reference(*(t.double() for t in args))
+    for a, b in zip(narrow, ref):
+        assert torch.allclose(a.double(), b, rtol=2e-4, atol=2e-4)
