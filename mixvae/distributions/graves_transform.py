@@ -227,7 +227,9 @@ def describe_backend(name: str | None = None, device: torch.device | str | None 
         return ("auto (CUDA: triton for float32, compile for float64)" if triton_imports
                 else "auto (CUDA: compile; triton does not import)")
     if name in ("auto", "native") and native.available():
-        return f"{name} (CPU: native C, {native.isa()})"
+        wide = "; avx2 for problems past 3/4 of the L2 cache" if (
+            native.isa() == "avx512" and "avx2" in native.runnable_isas()) else ""
+        return f"{name} (CPU: native C, {native.isa()}{wide})"
     if name == "auto":
         return "auto (CPU: compile; the C kernel is unavailable)"
     return name
