@@ -380,6 +380,9 @@ def test_wide_problems_take_the_narrower_kernel_on_avx512(monkeypatch):
     monkeypatch.setitem(native._state, "l2", 32 << 10)  # now 46 KB is past 3/4 of the "L2"
     assert native._vjp_library(None, 6, 30, torch.float32).isa == "avx2"
     assert native._vjp_library("avx512", 6, 30, torch.float32).isa == "avx512"
+    monkeypatch.setenv("MIXVAE_GRAVES_ISA", "avx512")  # a path forced by the environment is kept too
+    assert native._vjp_library(None, 6, 30, torch.float32).isa == "avx512"
+    monkeypatch.delenv("MIXVAE_GRAVES_ISA")
     narrow = native.graves_vjp(*args)
     assert all(torch.equal(a, b) for a, b in zip(narrow, native.graves_vjp(*args, isa="avx2")))
     ref = gt.graves_vjp_reference(*(t.double() for t in args))

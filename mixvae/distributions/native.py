@@ -340,9 +340,10 @@ def _vjp_library(isa: str | None, k: int, d: int, dtype: torch.dtype) -> _Librar
     kernel alone): at K D = 4000 (1 MB of scratch) the 16-lane build is 10-30% faster; at 6000 (1.5 MB) the two
     are even; at 8000 (2 MB; K = 40, D = 200 or K = 80, D = 100) the 8-lane one is 25-35% faster (5.4 against
     7.2 ms at B = 100, K = 40, D = 200). The two give the same results but for rounding (the same C, built with
-    other vector widths)."""
+    other vector widths). A path named by the caller or by ``$MIXVAE_GRAVES_ISA`` is kept whatever the size."""
     lib = _load(isa)
-    if isa is not None or lib.isa != "avx512" or "avx2" not in runnable_isas():
+    forced = isa is not None or os.environ.get("MIXVAE_GRAVES_ISA")
+    if forced or lib.isa != "avx512" or "avx2" not in runnable_isas():
         return lib
     scratch_bytes = lib.fns[("scratch", dtype)](k, d) * torch.finfo(dtype).bits // 8
     if scratch_bytes <= WIDE_SCRATCH_SHARE * l2_cache_bytes():
