@@ -342,11 +342,11 @@ def _vjp_library(isa: str | None, k: int, d: int, dtype: torch.dtype) -> _Librar
     7.2 ms at B = 100, K = 40, D = 200). The two give the same results but for rounding (the same C, built with
     other vector widths). A path named by the caller or by ``$MIXVAE_GRAVES_ISA`` is kept whatever the size."""
     lib = _load(isa)
-    forced = isa is not None or os.environ.get("MIXVAE_GRAVES_ISA")
-    if forced or lib.isa != "avx512" or "avx2" not in runnable_isas():
+    if isa is not None or lib.isa != "avx512" or os.environ.get("MIXVAE_GRAVES_ISA"):
         return lib
     scratch_bytes = lib.fns[("scratch", dtype)](k, d) * torch.finfo(dtype).bits // 8
-    if scratch_bytes <= WIDE_SCRATCH_SHARE * l2_cache_bytes():
+    # the CPU probe only for wide problems: the common small ones pay two comparisons on this hot path
+    if scratch_bytes <= WIDE_SCRATCH_SHARE * l2_cache_bytes() or "avx2" not in runnable_isas():
         return lib
     try:
         return _load("avx2")
