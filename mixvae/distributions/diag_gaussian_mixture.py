@@ -33,6 +33,16 @@ def _broadcast_shapes(*shapes, what: str):
     return torch.Size(out)
 
 
+def _lead_ones(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``t`` viewed with leading size-1 axes up to ``ndim`` dimensions (unchanged if it has as many already).
+
+    The same broadcast as leaving them out, and the same values, but autograd then hands ``t`` its gradient
+    through a view instead of a reduction over the size-1 sample axis (a whole extra pass over a [1, B, K, D]
+    gradient, per operation, at S = 1)."""
+    missing = ndim - t.dim()
+    return t.view((1,) * missing + tuple(t.shape)) if missing > 0 else t
+
+
 def _as(t: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tensor:
     """``t`` in ``dtype``, expanded to ``shape`` (no op when it already is both)."""
     if t.dtype is not dtype:
@@ -236,7 +246,7 @@ class DiagGaussianMixture(Distribution):
         k, d = loc.shape[-2], shape[-1]
         eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
         if k == 1:  # the Gaussian reparameterization, bit for bit
-            return loc[..., 0, :] + scale[..., 0, :] * eps
+            return _lead_ones(loc[..., 0, :], len(shape)) + _lead_ones(scale[..., 0, :], len(shape)) * eps
         lead = shape[:-1]
         u = torch.rand(lead, dtype=logits.dtype, device=logits.device)  # one uniform per draw, after the noise
         if len(lead) == 1 and lead == logits.shape[:-1] and gt.use_native(logits, self.backend):  # no broadcast
@@ -246,7 +256,7 @@ class DiagGaussianMixture(Distribution):
         if not (torch.is_grad_enabled() and (logits.requires_grad or loc.requires_grad or scale.requires_grad)):
             return self.rsample_component(index, eps).detach()
         n = lead.numel()
-        if lead != logits.shape[:-1]:  # sample axes: the parameters broadcast against them
+        if lead != logits.shape[:-1] and n != logits.shape[:-1].numel():  # sample axes: the parameters broadcast
             logits, loc, scale = logits.expand(*lead, k), loc.expand(*lead, k, d), scale.expand(*lead, k, d)
         if len(lead) != 1:  # flat [N, ...] for the Function (a reshape to the same shape would still add a node)
             logits, loc, scale = logits.reshape(n, k), loc.reshape(n, k, d), scale.reshape(n, k, d)
@@ -267,14 +277,15 @@ class DiagGaussianMixture(Distribution):
     # ---- densities -------------------------------------------------------------------------------------------
     def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log N(value; loc_k, diag scale_k^2) for every k: ``[..., D] -> [..., K]`` (broadcast with batch)."""
-        x = (value.unsqueeze(-2) - self.loc) / self.scale  # [..., K, D]
-        return (-0.5 * x * x - self.scale.log()).sum(-1) - self.event_shape[0] * _HALF_LOG_2PI
+        loc, scale = _lead_ones(self.loc, value.dim() + 1), _lead_ones(self.scale, value.dim() + 1)
+        x = (value.unsqueeze(-2) - loc) / scale  # [..., K, D]
+        return (-0.5 * x * x - scale.log()).sum(-1) - self.event_shape[0] * _HALF_LOG_2PI
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Marginal log density ``[*sample, *batch]`` (logsumexp over components)."""
         if self._validate_args:
             self._validate_sample(value)
-        return (self.component_log_prob(value) + self.log_weights).logsumexp(-1)
+        return (self.component_log_prob(value) + _lead_ones(self.log_weights, value.dim())).logsumexp(-1)
 
     def cdf_conditional(self, value: torch.Tensor) -> torch.Tensor:
         """The distributional transform u_d = F_d(z_d | z_<d): ``[..., D]`` -> ``[..., D]`` in (0, 1).
