@@ -618,8 +618,9 @@ def plot_curves(spec: TableSpec, runs: list[Run], path: Path) -> bool:
         axes[1].plot(secs, nll, "o-", ms=3, label=name)
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("training seconds (mean over seeds; 2 runs sharing 2 cores)")
-    n_valid = runs[0].cfg["eval"].get("max_batches")
-    subset = f" (first {n_valid * runs[0].cfg['eval']['batch_size']} valid images)" if n_valid else ""
+    ev = runs[0].cfg["eval"]
+    n_valid = ev.get("valid_max_batches") or ev.get("max_batches")  # validation's cap (as Trainer.validate)
+    subset = f" (first {n_valid * ev['batch_size']} valid images)" if n_valid else ""
     axes[0].set_ylabel(f"{metric.replace('valid/nll_iwae', 'valid NLL, IWAE-')}{subset}")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -40,6 +40,17 @@ def test_the_catalogue_is_the_one_list_of_tables():
     assert "tiny" in CATALOGUE["common_budgets"]
 
 
+def test_no_budget_for_numbers_tests_on_part_of_the_test_set():
+    """eval.max_batches caps the test as well as validation: a budget whose numbers go into a table caps
+    validation alone (eval.valid_max_batches), so that its test covers the whole test set."""
+    for name, entry in CATALOGUE["tables"].items():
+        for budget, spec in entry["budgets"].items():
+            if budget == "smoke":
+                continue
+            capped = [o for o in spec["overrides"] if str(o).lstrip("+").startswith("eval.max_batches=")]
+            assert not capped, f"{name} --budget {budget}: {capped} would test on part of the test set"
+
+
 def composed(overrides):
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         return compose("config", list(overrides), return_hydra_config=True)
