@@ -237,8 +237,8 @@ def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
         f"{h.get('torch_threads')} torch thread(s) per run, torch {h.get('torch')}, {h.get('platform')}"
         for h in (r.summary.get("hardware", {}) for r in runs))
     gits = distinct(f"{(g.get('commit') or 'unknown')[:10]}{' (with uncommitted changes)' if g.get('dirty') else ''}"
-                    for g in (r.summary.get("git", {}) for r in runs))
-    wall = [r.summary.get("wall_time_s") for r in runs]
+                    for r in runs for g in (r.summary.get("git_history") or [r.summary.get("git", {})]))
+    wall = [run_wall_time(r.summary) for r in runs]
     lines += [budget, "",
               f"Seeds: {', '.join(map(str, seeds))} ({len(runs)} runs). Entries are mean ± sample std over seeds.",
               "", f"Hardware: {'; '.join(hw)}.", "", f"Git revision: {', '.join(gits)}.", ""]
@@ -248,6 +248,17 @@ def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
                   + (f"; the sweep took {sweep['sweep_wall_time_s'] / 60:.0f} min" if sweep and
                      sweep.get("sweep_wall_time_s") else "") + ".", ""]
     return lines
+
+
+def run_wall_time(summary: dict) -> float | None:
+    """A run's wall-clock seconds over all its invocations. Summaries written before train.py kept that total
+    (no ``invocation_wall_time_s``) hold the last invocation's alone, which for a resumed or re-tested run is
+    less than its training and test time: those count at least that."""
+    wall = summary.get("wall_time_s")
+    if wall is None or "invocation_wall_time_s" in summary:
+        return wall
+    m = summary.get("metrics") or {}
+    return max(wall, (m.get("time/train_s") or 0.0) + (m.get("time/test_eval_s") or 0.0))
 
 
 # ---- table specs ---------------------------------------------------------------------------------------------

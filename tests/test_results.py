@@ -237,3 +237,14 @@ def test_grid_table_crosses_estimators_and_models(tmp_path):
     assert "101.50 | 100.00 (n=1) | -1.50" in gs_row and "105.00 | — | —" in gs_row
     sf_row = next(line for line in text.splitlines() if line.startswith("| score_function (mean) |"))
     assert "112.20 | 110.00 (n=1) | -2.20" in sf_row
+
+
+def test_wall_time_of_a_run_counts_every_invocation():
+    """Summaries that keep the total (invocation_wall_time_s present) are read as they are; older ones, which
+    held the last invocation alone, count at least the run's training and test time."""
+    metrics = {"time/train_s": 1000.0, "time/test_eval_s": 400.0}
+    assert make_results.run_wall_time({"wall_time_s": 430.0, "metrics": metrics}) == 1400.0
+    assert make_results.run_wall_time({"wall_time_s": 1500.0, "metrics": metrics}) == 1500.0
+    assert make_results.run_wall_time({"wall_time_s": 1500.0, "invocation_wall_time_s": 430.0,
+                                       "metrics": metrics}) == 1500.0
+    assert make_results.run_wall_time({"metrics": metrics}) is None

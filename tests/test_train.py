@@ -370,3 +370,24 @@ def test_a_finished_run_asked_for_another_test_is_tested_again(config, tmp_path)
     mtime = (tmp_path / "summary.json").stat().st_mtime_ns
     assert train(config("eval.max_batches=null"), tmp_path)["metrics"] == again["metrics"]
     assert (tmp_path / "summary.json").stat().st_mtime_ns == mtime
+
+
+def test_a_resumed_run_keeps_its_total_wall_time_and_every_revision(config, tmp_path, monkeypatch):
+    """summary.json of a run trained over several invocations: wall_time_s adds them up (the last alone is
+    invocation_wall_time_s), and git_history names the code of each one with the epoch it started from."""
+    from mixvae.training import loop
+
+    overrides = ["train.epochs=2"]
+    monkeypatch.setattr(loop, "git_revision", lambda: {"commit": "a" * 40, "dirty": False})
+    train(config(*overrides, "train.stop_after=1"), tmp_path)
+    first = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["wall_time_s"]
+    time.sleep(0.2)  # time between invocations is not the run's
+    monkeypatch.setattr(loop, "git_revision", lambda: {"commit": "b" * 40, "dirty": True})
+    summary = train(config(*overrides), tmp_path)
+    assert 0 < summary["invocation_wall_time_s"] < summary["wall_time_s"]
+    assert summary["wall_time_s"] == pytest.approx(first + summary["invocation_wall_time_s"], abs=0.05)
+    assert summary["git"] == {"commit": "b" * 40, "dirty": True}
+    assert summary["git_history"] == [{"commit": "a" * 40, "dirty": False, "from_epoch": 0},
+                                      {"commit": "b" * 40, "dirty": True, "from_epoch": 1}]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["git_history"] == summary["git_history"]

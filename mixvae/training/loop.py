@@ -329,12 +329,14 @@ class Trainer:
         self.state = {"epoch": 0, "step": 0, "best_valid_elbo": -math.inf, "best_epoch": 0, "stale": 0,
                       "stopped_early": False, "train_time_s": 0.0, "wandb_id": None}
         self.progress = _progress_enabled(cfg.progress)
+        self._wall_before = 0.0  # wall-clock seconds of the invocations before this one (from the checkpoint)
         self._reset_finite()
         # fused optimizers can skip a non-finite step on the device (see train_step)
         self._skip_on_device = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        self.state["wall_time_s"] = self._wall_before + (time.perf_counter() - self.t_start)
         ckpt.save_atomic({
             "model": self.model.state_dict(),
             "estimator": self.estimator.state_dict(),
@@ -594,6 +596,12 @@ class Trainer:
             log.info("%s holds a completed run tested with %s; testing it again with %s", self.run_dir,
                      _fmt_settings(then), _fmt_settings(now))
         self.metrics.truncate(metrics_size)
+        self._wall_before = float(self.state.get("wall_time_s", 0.0))  # absent from older checkpoints
+        history = self.state.setdefault("git_history", [])  # the code each invocation trained or tested with
+        if not history or {k: history[-1].get(k) for k in ("commit", "dirty")} != {k: self.git.get(k) for k in
+                                                                                     ("commit", "dirty")}:
+            history.append({"commit": self.git.get("commit"), "dirty": self.git.get("dirty"),
+                            "from_epoch": self.state["epoch"]})
         OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
         config = OmegaConf.to_container(cfg, resolve=True)
         self.wandb = WandbRun(cfg.logger, self.run_dir, self.run_name, config, run_id=self.state["wandb_id"])
@@ -665,12 +673,15 @@ class Trainer:
         return {
             "epochs": s["epoch"], "steps": s["step"], "best_epoch": s["best_epoch"],
             "stopped_early": s["stopped_early"],
-            "wall_time_s": time.perf_counter() - self.t_start,  # this invocation, start-up included
+            # every invocation's wall clock, start-up included (one killed counts up to its last checkpoint)
+            "wall_time_s": self._wall_before + (time.perf_counter() - self.t_start),
+            "invocation_wall_time_s": time.perf_counter() - self.t_start,
             "run_dir": portable_path(self.run_dir),
             "data": {"name": self.data.name, "source": portable_path(self.data.source), **self.data.sizes()},
             "num_params": {"model": sum(p.numel() for p in self.model.parameters()),
                            "estimator": sum(p.numel() for p in self.estimator.parameters())},
-            "git": self.git,
+            "git": self.git,  # this invocation's code; git_history: each one's, with the epoch it started from
+            "git_history": list(self.state.get("git_history") or [self.git]),
             "hardware": hardware(self.device),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
