@@ -113,21 +113,23 @@ def test_k1_is_exactly_the_gaussian_reparameterization():
     assert torch.equal(gl, loc.grad) and torch.equal(gs, scale.grad)
 
 
+@pytest.mark.parametrize("batch", [(6,), (), (2, 3)])
 @pytest.mark.parametrize("k", [1, 5])
-def test_one_sample_axis_gives_the_unbatched_values_and_gradients_bit_for_bit(k):
+def test_one_sample_axis_gives_the_unbatched_values_and_gradients_bit_for_bit(k, batch):
     """rsample((1,)) and log_prob of a [1, B, D] value (the training loop's S = 1) hand the parameters their
     gradients through views, not reductions over the size-1 axis: the same bits as rsample() on [B, D]."""
-    logits, loc, scale = make_params((6,), k, 4, seed=2, dtype=torch.float32)
+    logits, loc, scale = make_params(batch, k, 4, seed=2, dtype=torch.float32)
     grads = []
-    for shape in [(), (1,)]:
+    for shape in [(), (1,), (1, 1)]:
         params = [t.detach().clone().requires_grad_() for t in (logits, loc, scale)]
         q = DiagGaussianMixture(*params)
         torch.manual_seed(7)
         z = q.rsample(shape)
         (q.log_prob(z).exp().sum() + z.sin().sum()).backward()
-        grads.append([z.reshape(6, 4), *(p.grad for p in params)])
-    for a, b in zip(*grads, strict=True):
-        assert torch.equal(a, b)
+        grads.append([z.reshape(*batch, 4), *(p.grad for p in params)])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("block", [1, 3, 8, 64])

@@ -258,8 +258,10 @@ class DiagGaussianMixture(Distribution):
         n = lead.numel()
         if lead != logits.shape[:-1] and n != logits.shape[:-1].numel():  # sample axes: the parameters broadcast
             logits, loc, scale = logits.expand(*lead, k), loc.expand(*lead, k, d), scale.expand(*lead, k, d)
-        if len(lead) != 1:  # flat [N, ...] for the Function (a reshape to the same shape would still add a node)
+        # flat [N, ...] for the Function (a reshape to the same shape would still add a node)
+        if logits.dim() != 2 or loc.dim() != 3:  # [K] and [K, D] too: a distribution with no batch axes
             logits, loc, scale = logits.reshape(n, k), loc.reshape(n, k, d), scale.reshape(n, k, d)
+        if len(lead) != 1:
             index, eps = index.reshape(n), eps.reshape(n, d)
         z = gt.GravesSample.apply(logits, loc, scale, index, eps, self.block_size, self.backend)
         return z if len(lead) == 1 else z.reshape(shape)
