@@ -11,7 +11,7 @@ The tables, their experiment files and their budgets are the catalogue experimen
 scripts/make_results.py's `load_catalogue`). For each table:
 1. train:   python train.py +experiment=<table> <budget overrides> hydra.sweep.dir=<sweep root>/<budget>/<table>
             with the subprocess launcher (hydra/launcher=subprocess: each job in a fresh process, ``--jobs`` at
-            once, one torch thread each);
+            once, one torch thread each); a budget with `sweeps` runs one such multirun per part, in turn;
 2. measure: scripts/grad_variance_runs.py on every run dir (encoder gradient variance, SNR, step time at the
             final checkpoint, one fixed test batch) -> <run dir>/grad_variance.json;
 3. collect: summary.json, metrics.jsonl, config.yaml, grad_variance.json of every completed run ->
@@ -67,14 +67,21 @@ def default_sweep_root() -> Path:
     return Path(os.environ.get("MIXVAE_RUNS_DIR") or Path.home() / ".cache" / "mixvae" / "runs")
 
 
-def train_command(table: str, budget: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[str]:
+def train_commands(table: str, budget: str, sweep_dir: Path, jobs: int, extra: list[str]) -> list[list[str]]:
+    """One train.py multirun per part of the budget: its `overrides`, then each of its `sweeps` (a budget whose
+    rows differ in more than the grid, e.g. fewer epochs for the costlier rows), run one after the other into
+    the same sweep dir; the extra overrides (--set) come last and apply to every part."""
     experiment = CATALOGUE["tables"][table]["experiment"]
-    cmd = [sys.executable, str(REPO / "train.py"), f"+experiment={experiment}",
-           *budget_entry(table, budget)["overrides"], f"hydra.sweep.dir={sweep_dir}"]
-    # every job in a fresh process (hydra_plugins/mixvae_launcher): a sweep that outlives a code edit never runs
-    # a new config on old code, and one failed job does not stop the others
-    cmd += ["hydra/launcher=subprocess", f"hydra.launcher.n_jobs={jobs}", "threads=1"]
-    return cmd + list(extra)
+    entry = budget_entry(table, budget)
+    cmds = []
+    for part in entry.get("sweeps") or [[]]:
+        cmd = [sys.executable, str(REPO / "train.py"), f"+experiment={experiment}", *entry["overrides"], *part,
+               f"hydra.sweep.dir={sweep_dir}"]
+        # every job in a fresh process (hydra_plugins/mixvae_launcher): a sweep that outlives a code edit never
+        # runs a new config on old code, and one failed job does not stop the others
+        cmd += ["hydra/launcher=subprocess", f"hydra.launcher.n_jobs={jobs}", "threads=1"]
+        cmds.append(cmd + list(extra))
+    return cmds
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
@@ -98,7 +105,7 @@ def measure(dirs: list[Path], jobs: int, extra: list[str]) -> None:
         raise SystemExit(f"grad_variance_runs.py failed (exit codes {codes})")
 
 
-def collect(table: str, dirs: list[Path], dest_root: Path, command: list[str], budget: str,
+def collect(table: str, dirs: list[Path], dest_root: Path, commands: list[list[str]], budget: str,
             elapsed_s: float | None) -> Path:
     """Copy the small files of each run into dest_root/<table>/<run name>/ (replacing what was there)."""
     dest = dest_root / table
@@ -115,12 +122,13 @@ def collect(table: str, dirs: list[Path], dest_root: Path, command: list[str], b
             if (run / fname).exists():
                 shutil.copy2(run / fname, out / fname)
     # no machine folders in committed files: the repository relative, the home directory as ~
-    shown = ["python", *(a.replace(f"{REPO}{os.sep}", "").replace(str(Path.home()), "~") for a in command[1:])]
+    shown = [shlex.join(["python", *(a.replace(f"{REPO}{os.sep}", "").replace(str(Path.home()), "~")
+                                     for a in command[1:])]) for command in commands]
     driver = f"python experiments/run_tables.py {table} --budget {budget}"
     entry = budget_entry(table, budget)
     (dest / "sweep.json").write_text(json.dumps({
         "table": table, "budget": budget, "reproduction": bool(entry.get("reproduction", False)),
-        "budget_note": entry.get("note", ""), "driver": driver, "command": shlex.join(shown), "runs": len(dirs),
+        "budget_note": entry.get("note", ""), "driver": driver, "command": " && ".join(shown), "runs": len(dirs),
         "sweep_wall_time_s": elapsed_s, "collected": time.strftime("%Y-%m-%d %H:%M:%S"),
     }, indent=2) + "\n")
     return dest
@@ -161,24 +169,26 @@ def main(argv: list[str] | None = None) -> None:
     failed: list[str] = []
     for table in tables:
         sweep_dir = (sweep_root / args.budget / table).absolute()  # not resolve(): keep a linked budget's name
-        cmd = train_command(table, args.budget, sweep_dir, args.jobs, args.set)
+        cmds = train_commands(table, args.budget, sweep_dir, args.jobs, args.set)
         elapsed = None
         if not args.skip_train:
-            print(f"[{table}] {shlex.join(cmd)}", flush=True)
             t0 = time.perf_counter()
-            res = subprocess.run(cmd, cwd=REPO)
+            codes = []
+            for cmd in cmds:
+                print(f"[{table}] {shlex.join(cmd)}", flush=True)
+                codes.append(subprocess.run(cmd, cwd=REPO).returncode)
             elapsed = time.perf_counter() - t0
-            print(f"[{table}] sweep finished in {elapsed / 60:.1f} min (exit {res.returncode})", flush=True)
-            if res.returncode != 0:  # collect what completed; rerunning continues the rest
+            print(f"[{table}] sweep finished in {elapsed / 60:.1f} min (exit {max(codes, key=abs)})", flush=True)
+            if any(codes):  # collect what completed; rerunning continues the rest
                 failed.append(table)
-                print(f"[{table}] train.py failed with exit code {res.returncode}; collecting the completed runs",
+                print(f"[{table}] train.py failed with exit codes {codes}; collecting the completed runs",
                       flush=True)
         dirs = run_dirs(sweep_dir)
         if not args.skip_grad and CATALOGUE["tables"][table].get("grad_variance", False):
             t0 = time.perf_counter()
             measure([d for d in dirs if not (d / "grad_variance.json").exists()], args.jobs, args.grad_arg)
             print(f"[{table}] gradient variance of {len(dirs)} runs in {(time.perf_counter() - t0) / 60:.1f} min")
-        dest = collect(table, dirs, results, cmd, args.budget, elapsed)
+        dest = collect(table, dirs, results, cmds, args.budget, elapsed)
         print(f"[{table}] {len(dirs)} runs collected in {dest}", flush=True)
     if failed:
         raise SystemExit(f"some runs failed in: {', '.join(failed)} (rerun the same command to continue them)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from mixvae.data.fixtures import write_fixture_root
 from mixvae.training import validate_config
@@ -54,6 +55,56 @@ def test_no_budget_for_numbers_tests_on_part_of_the_test_set():
 def composed(overrides):
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         return compose("config", list(overrides), return_hydra_config=True)
+
+
+def budget_jobs(command: list[str]) -> list[list[str]]:
+    """The jobs (override lists) one train.py multirun command launches: the experiment's grid under the
+    command's overrides (later values win, as in Hydra's sweeper)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in command[2:] if not a.startswith(("hydra.sweep.dir=", "hydra/launcher=", "hydra.launcher."))]
+    grid = composed(args[:1]).hydra.sweeper.params or {}  # args[0] is +experiment=<name>
+    parsed = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in grid.items()), *args])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def sweep_owners(table: str, budget: str) -> dict[str, int]:
+    """Run name -> the part of the budget (`sweeps`) that trains it; refuses a name made by two parts. Every
+    job of every part composes and validates."""
+    import run_tables
+
+    owner: dict[str, int] = {}
+    for part, command in enumerate(run_tables.train_commands(table, budget, Path("/nonexistent"), 2, [])):
+        for job in budget_jobs(command):
+            cfg = composed(job)
+            validate_config(cfg)
+            name = make_results.run_name(OmegaConf.to_container(cfg))
+            assert owner.setdefault(name, part) == part, f"{table} --budget {budget}: {name} in parts {owner[name]}, {part}"
+    return owner
+
+
+@pytest.mark.parametrize("table,budget", [(t, b) for t, e in CATALOGUE["tables"].items()
+                                          for b, spec in e["budgets"].items() if spec.get("sweeps")])
+def test_budget_sweeps_never_train_one_run_twice(table, budget):
+    """A budget in parts (`sweeps`) runs each part into the same sweep dir: two parts that made a run of the same
+    name would resume each other's run under the other part's settings."""
+    owner = sweep_owners(table, budget)
+    assert len(set(owner.values())) == len(CATALOGUE["tables"][table]["budgets"][budget]["sweeps"])
+
+
+def test_budget_sweeps_check_catches_an_overlap(monkeypatch):
+    """The twin: the grid K = 1, 5 x (vae1, vae5, iwae5) beside a part K = 5 x (vae5, iwae5) at fewer epochs
+    trains mnist-K5-...-elbo5 in both parts, and the check refuses it."""
+    import run_tables
+
+    rows = "experiment/iwae_table1_rows@_global_"
+    entry = {"note": "", "overrides": ["logger=none", "dataset=mnist"],
+             "sweeps": [["model.num_components=5", f"{rows}=vae5,iwae5", "train.epochs=240"],
+                        ["model.num_components=1,5", f"{rows}=vae1,vae5,iwae5"]]}
+    monkeypatch.setitem(run_tables.CATALOGUE["tables"]["iwae_table1"]["budgets"], "overlap", entry)
+    with pytest.raises(AssertionError, match="K5.*elbo5.*in parts 0, 1"):
+        sweep_owners("iwae_table1", "overlap")
 
 
 @pytest.mark.parametrize("name", TABLE_EXPERIMENTS)
@@ -153,7 +204,8 @@ def test_iwae_table_puts_paper_numbers_beside_ours(tmp_path):
         return {"status": "completed", "epochs": 1, "steps": 500, "config": cfg, "data": {"test": 10000},
                 "metrics": {"test/nll_iwae5000": nll, "test/elbo": -nll - 5, "time/epoch_s": 10.0},
                 "git": {"commit": "abc", "dirty": False}, "hardware": {"device": "cpu"}, "wall_time_s": 30.0}
-    for i, (obj, S, K, seed, nll) in enumerate([("iwae", 5, 1, 0, 100.0), ("iwae", 5, 1, 1, 102.0)]):
+    for i, (obj, S, K, seed, nll) in enumerate([("iwae", 5, 1, 0, 100.0), ("iwae", 5, 1, 1, 102.0),
+                                                ("elbo", 1, 1, 0, 90.0)]):
         d = tmp_path / "runs" / "iwae_table1" / f"r{i}"
         d.mkdir(parents=True)
         (d / "summary.json").write_text(json.dumps(summary(obj, S, K, seed, nll)))
@@ -162,6 +214,8 @@ def test_iwae_table_puts_paper_numbers_beside_ours(tmp_path):
     row5 = next(line for line in text.splitlines() if line.startswith("| 5 |"))
     assert "86.47" in row5 and "85.54" in row5 and "101.00 ± 1.41" in row5
     assert "+15.46 ± 1.00" in row5  # the gap to the paper's IWAE k = 5 (85.54), with its standard error
+    row1 = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| 1 |")).split("|")]
+    assert row1[2:8] == ["86.76", "90.00 (n=1)", "+3.24", "86.76", "90.00 (n=1)", "+3.24"], row1  # one k = 1 run, both columns
     assert "not directly comparable" in text
 
 
