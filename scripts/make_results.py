@@ -445,10 +445,41 @@ def estimators_table(spec: TableSpec, runs: list[Run]) -> list[str]:
             *paired_differences(spec, groups, keys, nll), spec.paper_note, ""]
 
 
+IWAE_ORDERINGS = [(("elbo", 5), ("elbo", 1)), (("elbo", 50), ("elbo", 5)), (("iwae", 5), ("iwae", 1)),
+                  (("iwae", 50), ("iwae", 5)), (("iwae", 5), ("elbo", 5)), (("iwae", 50), ("elbo", 50))]
+
+
+def iwae_orderings(spec: TableSpec, cell: dict, run_epochs: dict, dataset: str, Ks: list[int]) -> list[str]:
+    """The paper's orderings (pairs of its numbers: which of two rows is lower), each checked on our means."""
+    def label(objective, S):
+        return f"{'VAE' if objective == 'elbo' else 'IWAE'} k = {S}"
+
+    paper = {objective: spec.paper.get((dataset, objective), {}) for objective in ("elbo", "iwae")}
+    lines = []
+    for K in Ks:
+        checks = []
+        for a, b in IWAE_ORDERINGS:
+            pa, pb = (paper[o].get(S) for o, S in (a, b))
+            ours = [[v for v in cell.get((dataset, o, S, K), []) if math.isfinite(v)] for o, S in (a, b)]
+            if pa is None or pb is None or pa == pb or not all(ours):
+                continue
+            lo, hi = (a, b) if pa < pb else (b, a)  # the paper's lower (better) row first
+            m = {x: statistics.mean(v) for x, v in zip((a, b), ours)}
+            epochs = {x: "/".join(map(str, distinct(run_epochs.get((dataset, *x, K), [])))) for x in (a, b)}
+            at = "" if epochs[a] == epochs[b] else f" (at {epochs[lo]} vs {epochs[hi]} epochs)"
+            verdict = "holds" if m[lo] < m[hi] else "**does not hold**"
+            checks.append(f"{label(*lo)} < {label(*hi)} {verdict}: {m[lo]:.2f} vs {m[hi]:.2f}{at}")
+        if checks:
+            lines.append(f"- K = {K}: " + "; ".join(checks) + ".")
+    return ["The paper's orderings, on our means (a mean is over seeds; with one seed, a single run):", "",
+            *lines, ""] if lines else []
+
+
 def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     cell = defaultdict(list)
     time_cell = defaultdict(list)
     epoch_cell = defaultdict(list)
+    run_epochs = defaultdict(list)
     for r in runs:
         c = r.cfg
         k = (c["dataset"]["name"], c["train"]["objective"], c["train"]["num_samples"], c["model"]["num_components"])
@@ -456,7 +487,8 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
             cell[k].append(r.test_nll()[1])
         time_cell[k].append(r.metrics.get("time/epoch_s"))
         epoch_cell[k[0], k[2]].append(r.summary["epochs"])
-    for d in (cell, time_cell):  # at k = 1 the objectives coincide: one run (vae1) fills both columns
+        run_epochs[k].append(r.summary["epochs"])
+    for d in (cell, time_cell, run_epochs):  # at k = 1 the objectives coincide: one run (vae1) fills both columns
         for (dataset, objective, S, K) in list(d):
             if objective == "elbo" and S == 1:
                 d.setdefault((dataset, "iwae", 1, K), d[dataset, objective, S, K])
@@ -480,7 +512,7 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
                          gap_text(cell.get((dataset, "iwae", S, 1), []), paper["iwae"], 1.0),
                          ", ".join(map(str, epochs)) or "—", times])
         title = "MNIST" if dataset == "mnist" else "Omniglot (ours: from the original images; not directly comparable)"
-        lines += [f"## {title}", "", *md_table(head, rows), ""]
+        lines += [f"## {title}", "", *md_table(head, rows), "", *iwae_orderings(spec, cell, run_epochs, dataset, Ks)]
     return [*lines, "`gap` = our K = 1 NLL minus the paper's (nats; positive = worse than the paper), ± its "
             "standard error over seeds where there are several. At k = 1 the VAE and IWAE objectives are the same, "
             "so one run fills both columns.", "", spec.paper_note, ""]

@@ -205,7 +205,7 @@ def test_iwae_table_puts_paper_numbers_beside_ours(tmp_path):
                 "metrics": {"test/nll_iwae5000": nll, "test/elbo": -nll - 5, "time/epoch_s": 10.0},
                 "git": {"commit": "abc", "dirty": False}, "hardware": {"device": "cpu"}, "wall_time_s": 30.0}
     for i, (obj, S, K, seed, nll) in enumerate([("iwae", 5, 1, 0, 100.0), ("iwae", 5, 1, 1, 102.0),
-                                                ("elbo", 1, 1, 0, 90.0)]):
+                                                ("elbo", 1, 1, 0, 90.0), ("elbo", 5, 1, 0, 103.0)]):
         d = tmp_path / "runs" / "iwae_table1" / f"r{i}"
         d.mkdir(parents=True)
         (d / "summary.json").write_text(json.dumps(summary(obj, S, K, seed, nll)))
@@ -215,7 +215,10 @@ def test_iwae_table_puts_paper_numbers_beside_ours(tmp_path):
     assert "86.47" in row5 and "85.54" in row5 and "101.00 ± 1.41" in row5
     assert "+15.46 ± 1.00" in row5  # the gap to the paper's IWAE k = 5 (85.54), with its standard error
     row1 = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| 1 |")).split("|")]
-    assert row1[2:8] == ["86.76", "90.00 (n=1)", "+3.24", "86.76", "90.00 (n=1)", "+3.24"], row1  # one k = 1 run, both columns
+    assert row1[2:8] == ["86.76", "90.00 (n=1)", "+3.24", "86.76", "90.00 (n=1)", "+3.24"], row1
+    # the paper's orderings where ours has both rows: IWAE-5 (mean 101) is not below k = 1 (90) here
+    assert ("- K = 1: VAE k = 5 < VAE k = 1 **does not hold**: 103.00 vs 90.00; IWAE k = 5 < IWAE k = 1 **does not "
+            "hold**: 101.00 vs 90.00; IWAE k = 5 < VAE k = 5 holds: 101.00 vs 103.00.") in text  # one k = 1 run, both columns
     assert "not directly comparable" in text
 
 
