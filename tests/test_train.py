@@ -6,6 +6,7 @@ Data: the real files when MIXVAE_DATA_DIR is set (as .ci/run does), else tiny ge
 import json
 import math
 import os
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -391,3 +392,26 @@ def test_a_resumed_run_keeps_its_total_wall_time_and_every_revision(config, tmp_
                                       {"commit": "b" * 40, "dirty": True, "from_epoch": 1}]
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["git_history"] == summary["git_history"]
+
+
+def test_git_revision_dirty_counts_code_not_results(tmp_path):
+    """summary.json's `dirty` says whether the code or configs differed from the commit; collected run files and
+    rebuilt tables under results/ (which a driver rewrites while other runs start) do not make a run dirty."""
+    from mixvae.training.runtime import git_revision
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results" / "table.md").write_text("old\n")
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    assert git_revision(tmp_path / "pkg")["dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("new\n")
+    assert git_revision(tmp_path / "pkg")["dirty"] is False
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert git_revision(tmp_path / "pkg")["dirty"] is True  # the twin: a code change still counts

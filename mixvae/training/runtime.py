@@ -94,9 +94,10 @@ def portable_path(text: str | os.PathLike) -> str:
     return text
 
 
-def git_revision() -> dict:
-    """The commit of the code that ran and whether tracked files differed from it (None outside git)."""
-    here = Path(__file__).resolve().parent
+def git_revision(where: Path | None = None) -> dict:
+    """The commit of the code that ran and whether tracked files differed from it (None outside git). Files under
+    the repository's results/ do not count: collected run files and rebuilt tables change no run."""
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
         try:
@@ -106,7 +107,8 @@ def git_revision() -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results") \
+        if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
