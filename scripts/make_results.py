@@ -480,7 +480,6 @@ def iwae_orderings(spec: TableSpec, cell: dict, run_epochs: dict, dataset: str, 
 def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     cell = defaultdict(list)
     time_cell = defaultdict(list)
-    epoch_cell = defaultdict(list)
     run_epochs = defaultdict(list)
     for r in runs:
         c = r.cfg
@@ -488,7 +487,6 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
         if r.test_nll():
             cell[k].append(r.test_nll()[1])
         time_cell[k].append(r.metrics.get("time/epoch_s"))
-        epoch_cell[k[0], k[2]].append(r.summary["epochs"])
         run_epochs[k].append(r.summary["epochs"])
     for d in (cell, time_cell, run_epochs):  # at k = 1 the objectives coincide: one run (vae1) fills both columns
         for (dataset, objective, S, K) in list(d):
@@ -507,7 +505,8 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
 
             paper = {obj: spec.paper.get((dataset, obj), {}).get(S) for obj in ("elbo", "iwae")}
             times = " / ".join(mean_std(time_cell.get((dataset, "iwae", S, K), []), 1) for K in Ks)
-            epochs = distinct(epoch_cell.get((dataset, S), []))
+            epochs = sorted(distinct(e for (d, _, s, _), es in run_epochs.items() if (d, s) == (dataset, S)
+                                     for e in es))
             rows.append([str(S), f"{paper['elbo']:.2f}" if paper["elbo"] else "—", *ours("elbo"),
                          gap_text(cell.get((dataset, "elbo", S, 1), []), paper["elbo"], 1.0),
                          f"{paper['iwae']:.2f}" if paper["iwae"] else "—", *ours("iwae"),
