@@ -496,7 +496,8 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     for dataset in sorted({k[0] for k in cell} | {k[0] for k in spec.paper}, key=["mnist", "omniglot"].index):
         Ks = sorted({k[3] for k in cell if k[0] == dataset})
         head = ["k", "VAE (paper)", *[f"VAE, K = {K} (ours)" for K in Ks], "VAE gap, K = 1", "IWAE (paper)",
-                *[f"IWAE, K = {K} (ours)" for K in Ks], "IWAE gap, K = 1", "epochs",
+                *[f"IWAE, K = {K} (ours)" for K in Ks], "IWAE gap, K = 1",
+                *(["epochs, K = " + "/".join(map(str, Ks))] if Ks else ["epochs"]),
                 *(["s/epoch IWAE, K = " + "/".join(map(str, Ks))] if Ks else [])]
         rows = []
         for S in (1, 5, 50):
@@ -505,13 +506,14 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
 
             paper = {obj: spec.paper.get((dataset, obj), {}).get(S) for obj in ("elbo", "iwae")}
             times = " / ".join(mean_std(time_cell.get((dataset, "iwae", S, K), []), 1) for K in Ks)
-            epochs = sorted(distinct(e for (d, _, s, _), es in run_epochs.items() if (d, s) == (dataset, S)
-                                     for e in es))
+            epochs = " / ".join("/".join(map(str, sorted(distinct(e for (d, _, s, k), es in run_epochs.items()
+                                                                  if (d, s, k) == (dataset, S, K) for e in es))))
+                                or "—" for K in Ks)
             rows.append([str(S), f"{paper['elbo']:.2f}" if paper["elbo"] else "—", *ours("elbo"),
                          gap_text(cell.get((dataset, "elbo", S, 1), []), paper["elbo"], 1.0),
                          f"{paper['iwae']:.2f}" if paper["iwae"] else "—", *ours("iwae"),
                          gap_text(cell.get((dataset, "iwae", S, 1), []), paper["iwae"], 1.0),
-                         ", ".join(map(str, epochs)) or "—", *([times] if Ks else [])])
+                         epochs or "—", *([times] if Ks else [])])
         title = "MNIST" if dataset == "mnist" else "Omniglot (ours: from the original images; not directly comparable)"
         lines += [f"## {title}", "", *md_table(head, rows), "", *iwae_orderings(spec, cell, run_epochs, dataset, Ks)]
     return [*lines, "`gap` = our K = 1 NLL minus the paper's (nats; positive = worse than the paper), ± its "
