@@ -506,8 +506,8 @@ def iwae_table(spec: TableSpec, runs: list[Run]) -> list[str]:
 
             paper = {obj: spec.paper.get((dataset, obj), {}).get(S) for obj in ("elbo", "iwae")}
             times = " / ".join(mean_std(time_cell.get((dataset, "iwae", S, K), []), 1) for K in Ks)
-            epochs = " / ".join("/".join(map(str, sorted(distinct(e for (d, _, s, k), es in run_epochs.items()
-                                                                  if (d, s, k) == (dataset, S, K) for e in es))))
+            epochs = " / ".join("/".join(map(str, sorted(distinct(e for objective in ("elbo", "iwae")
+                                                                  for e in run_epochs.get((dataset, objective, S, K), [])))))
                                 or "—" for K in Ks)
             rows.append([str(S), f"{paper['elbo']:.2f}" if paper["elbo"] else "—", *ours("elbo"),
                          gap_text(cell.get((dataset, "elbo", S, 1), []), paper["elbo"], 1.0),
