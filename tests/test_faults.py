@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,9 +21,9 @@ from test_train import (  # noqa: F401
 )
 
 from mixvae.models import MixtureVAE
-from mixvae.training import ConfigError, NonFiniteError, train
+from mixvae.training import ConfigError, NonFiniteError, lock, train
 from mixvae.training import checkpoint as ckpt
-from mixvae.training.errors import CheckpointError, RunFilesError
+from mixvae.training.errors import CheckpointError, RunBusyError, RunFilesError
 from mixvae.training.metrics import MetricsFile, read_metrics
 
 OVERRIDES = ["train.epochs=3", "schedule=cosine"]
@@ -324,6 +325,66 @@ def test_permission_error_on_the_metrics_file_is_one_line(config, tmp_path, monk
     monkeypatch.setattr(MetricsFile, "write", write)
     train(config(*OVERRIDES), run)
     assert without_times(read_metrics(run)) == straight
+
+
+# ---- two processes in one run directory ------------------------------------------------------------------------
+
+_HOLD = ("import sys, time\nfrom mixvae.training.lock import RunLock\n"
+         "with RunLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+
+
+@pytest.fixture
+def holder():
+    """Start another live process that holds a run directory's lock, as a first invocation still running would."""
+    procs = []
+
+    def start(run):
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _files(run):
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != lock.LOCK}
+
+
+def _refused(config, run, pid):
+    """A second invocation stops with one line naming the holder, and leaves every run file as it was."""
+    before = _files(run)
+    with pytest.raises(RunBusyError) as err:
+        train(config(*OVERRIDES), run)
+    message = one_line(err)
+    assert f"pid {pid} " in message and f"kill {pid}" in message and "hydra.run.dir" in message
+    assert _files(run) == before
+
+
+def test_a_second_process_in_a_run_dir_is_refused_and_a_killed_holder_frees_it(config, tmp_path, straight, holder):
+    run = tmp_path / "run"
+    train(config(*OVERRIDES, "train.stop_after=1"), run)
+    proc = holder(run)
+    _refused(config, run, proc.pid)
+    proc.kill()  # SIGKILL: the operating system drops the lock with the process
+    proc.wait()
+    train(config(*OVERRIDES), run)
+    assert without_times(read_metrics(run)) == straight
+    assert f"pid {os.getpid()} " in (run / lock.LOCK).read_text()  # the last holder, for a later message
+
+
+def test_twin_without_the_lock_a_second_process_is_not_refused(config, tmp_path, holder, monkeypatch):
+    """The broken twin: a lock that never refuses lets the second invocation resume and rewrite the run's files
+    while the first still works in them, and the check above fails on it."""
+    run = tmp_path / "run"
+    train(config(*OVERRIDES, "train.stop_after=1"), run)
+    proc = holder(run)
+    monkeypatch.setattr(lock, "_try_lock", lambda fh: True)
+    with pytest.raises(pytest.fail.Exception):
+        _refused(config, run, proc.pid)
 
 
 # ---- devices ---------------------------------------------------------------------------------------------------

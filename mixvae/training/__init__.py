@@ -3,8 +3,8 @@
 ``train(cfg, run_dir)`` is what train.py calls; tests call it in-process with a composed config.
 """
 
-from mixvae.training.errors import ConfigError, MixVAEError, NonFiniteError
+from mixvae.training.errors import ConfigError, MixVAEError, NonFiniteError, RunBusyError
 from mixvae.training.evaluate import evaluate
 from mixvae.training.loop import Trainer, train, validate_config
 
-__all__ = ["ConfigError", "MixVAEError", "NonFiniteError", "Trainer", "evaluate", "train", "validate_config"]
+__all__ = ["ConfigError", "MixVAEError", "NonFiniteError", "RunBusyError", "Trainer", "evaluate", "train", "validate_config"]

@@ -25,3 +25,7 @@ class CheckpointError(MixVAEError):
 
 class RunFilesError(MixVAEError):
     """A run file cannot be written (no space left, a read-only directory); the last checkpoint is kept."""
+
+
+class RunBusyError(MixVAEError):
+    """Another live process holds the run directory's lock (mixvae.training.lock); the message names its PID."""

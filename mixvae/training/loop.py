@@ -18,6 +18,9 @@ line (anything that defines the run: data, model, estimator, objective, seed, ba
 ``Trainer.compare_config``. The previous checkpoint is kept as checkpoint.prev.pt, the fallback when the newest
 is damaged.
 
+One process at a time: a run holds an exclusive lock on ``run.lock`` in its directory while it trains or tests
+(mixvae/training/lock.py); a second invocation in the same directory stops with one line naming the first's PID.
+
 Speed: a step never waits for the device. The data already lies on it (mixvae/data), the finiteness of the
 loss and gradient norm is recorded on the device and read only every ``train.log_every`` steps and at the end of
 the epoch (a bad step is still reported by number, and nothing is saved after it), the logged values are read
@@ -49,6 +52,7 @@ from mixvae.distributions import graves_transform
 from mixvae.training import checkpoint as ckpt
 from mixvae.training.errors import CheckpointError, ConfigError, NonFiniteError, RunFilesError
 from mixvae.training.evaluate import evaluate
+from mixvae.training.lock import RunLock
 from mixvae.training.metrics import (
     SUMMARY,
     MetricsFile,
@@ -570,9 +574,11 @@ class Trainer:
 
         A run file that cannot be written (a full disk, a read-only directory) stops the run with one line
         (RunFilesError); the last checkpoint stays, so the same command continues once the cause is fixed.
+        Another live process working in the same run directory stops this one before it reads anything
+        (RunBusyError, naming that process).
         """
         try:
-            with self.backend_scope():
+            with RunLock(self.run_dir), self.backend_scope():
                 return self._run()
         except OSError as e:
             raise RunFilesError(os_error_message(e)) from e
