@@ -78,15 +78,34 @@ def family_name(cfg: dict) -> str | None:
     return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
-def run_name(cfg: dict) -> str:
-    """A run's directory name under results/runs/<table>/: dataset, K (or the family and D), estimator,
-    objective and S, seed."""
-    est = cfg["estimator"]
-    baseline = f"-{est['baseline']}" if est.get("baseline") is not None else ""
-    t = cfg["train"]
+def latent_tag(cfg: dict) -> str:
+    """The latent part of a run's name: 'K5' (Gaussian mixture), 'gamma-D10' (a family), 'categorical20x10' /
+    'bernoulli200' (a discrete VAE), 'sbn3x200' (a sigmoid belief net)."""
+    m = cfg["model"]
     family = family_name(cfg)
-    latent = f"{family}-D{cfg['model']['latent_dim']}" if family else f"K{cfg['model']['num_components']}"
-    return (f"{cfg['dataset']['name']}-{latent}-{estimator_name(est)}{baseline}"
+    if family:
+        return f"{family}-D{m['latent_dim']}"
+    if "num_components" in m:
+        return f"K{m['num_components']}"
+    if m.get("num_layers") is not None:
+        cls = m["_target_"].split(".")[-1]
+        return f"{'sbn' if cls == 'SigmoidBeliefNet' else cls.lower()}{m['num_layers']}x{m['latent_dim']}"
+    if m.get("latent"):
+        classes = f"x{m['num_classes']}" if m.get("num_classes") and m["latent"] == "categorical" else ""
+        return f"{m['latent']}{m['latent_dim']}{classes}"
+    return m["_target_"].split(".")[-1].lower()
+
+
+def run_name(cfg: dict) -> str:
+    """A run's directory name under results/runs/<table>/: dataset, latent (K, or the family and D, or the
+    discrete model), estimator and its variant (baseline, normalized, st, annealed), objective and S, seed."""
+    est = cfg["estimator"]
+    variant = [est["baseline"]] if est.get("baseline") is not None else []
+    variant += ["normalized"] if est.get("normalize") else []
+    variant += ["st"] if est.get("straight_through") else []
+    variant += ["annealed"] if est.get("anneal_rate") else []
+    t = cfg["train"]
+    return (f"{cfg['dataset']['name']}-{latent_tag(cfg)}-{'-'.join([estimator_name(est), *variant])}"
             f"-{t['objective']}{t['num_samples']}-seed{cfg['seed']}")
 
 
@@ -276,6 +295,7 @@ class TableSpec:
     loglik: bool = False  # show log-likelihood (= -NLL), as the paper does
     budgets: dict = field(default_factory=dict)  # budget name -> catalogue entry (reproduction, note, overrides)
     grid: dict = field(default_factory=dict)  # kind grid: {rows: <GRID_KEYS key>, cols: <GRID_KEYS key>}
+    metric: str = "iwae"  # what the paper's numbers are: iwae (test NLL by the IWAE bound) | elbo (negative ELBO)
 
 
 def _paper_numbers(kind: str, rows: dict) -> dict:
@@ -297,7 +317,7 @@ def table_specs(catalogue: dict | None = None) -> list[TableSpec]:
         note = (f"Paper: {paper['source']}; its budget: {paper['budget']}." if paper.get("source") else "")
         specs.append(TableSpec(name, t["title"], t["experiment"], t["intro"], t["kind"],
                                _paper_numbers(t["kind"], paper.get("rows") or {}), note, bool(t.get("loglik")),
-                               t.get("budgets") or {}, t.get("grid") or {}))
+                               t.get("budgets") or {}, t.get("grid") or {}, t.get("metric", "iwae")))
     return specs
 
 
@@ -551,18 +571,31 @@ def families_table(spec: TableSpec, runs: list[Run]) -> list[str]:
             "(its budget: 30 epochs).", "", spec.paper_note, ""]
 
 
-def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
-    """Rows x columns from `grid` in the catalogue (keys of GRID_KEYS), test NLL of each cell beside the paper's."""
-    rows_by, cols_by = spec.grid["rows"], spec.grid["cols"]
+def _grid_cells(spec: TableSpec, runs: list[Run], value) -> dict:
     cell = defaultdict(list)
     for r in runs:
-        if r.test_nll():
-            cell[GRID_KEYS[rows_by](r.cfg), GRID_KEYS[cols_by](r.cfg)].append(r.test_nll()[1])
+        v = value(r)
+        if v is not None:
+            cell[GRID_KEYS[spec.grid["rows"]](r.cfg), GRID_KEYS[spec.grid["cols"]](r.cfg)].append(v)
+    return cell
+
+
+def _neg_elbo(r: Run) -> float | None:
+    v = r.metrics.get("test/elbo")
+    return -float(v) if v is not None else None
+
+
+def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
+    """Rows x columns from `grid` in the catalogue (keys of GRID_KEYS), each cell beside the paper's in the
+    paper's own metric (`metric`: the IWAE-bound NLL, or the negative ELBO); with `metric: elbo` a second table
+    gives our importance-sampled NLL of the same runs (no paper numbers: the paper has none)."""
+    nll = lambda r: r.test_nll()[1] if r.test_nll() else None  # noqa: E731
+    ours = _grid_cells(spec, runs, _neg_elbo if spec.metric == "elbo" else nll)
     paper = spec.paper  # column -> row -> number
-    cols = distinct([*paper, *sorted({k[1] for k in cell}, key=str)])
-    rows = sorted({k[0] for k in cell} | {k for by_row in paper.values() for k in by_row}, key=lambda v: (str(
+    cols = distinct([*paper, *sorted({k[1] for k in ours}, key=str)])
+    rows = sorted({k[0] for k in ours} | {k for by_row in paper.values() for k in by_row}, key=lambda v: (str(
         type(v)), v))
-    head = [rows_by]
+    head = [spec.grid["rows"]]
     for col in cols:
         head += [f"{col} (paper)", f"{col} (ours)", "gap"]
     body = []
@@ -570,12 +603,21 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
         line = [str(row)]
         for col in cols:
             p = (paper.get(col) or {}).get(row)
-            line += [f"{p:.2f}" if p is not None else "—", mean_std(cell.get((row, col), [])),
-                     gap_text(cell.get((row, col), []), p, 1.0)]
+            line += [f"{p:.2f}" if p is not None else "—", mean_std(ours.get((row, col), [])),
+                     gap_text(ours.get((row, col), []), p, 1.0)]
         body.append(line)
-    samples = distinct(r.test_nll()[0] for r in runs if r.test_nll())
-    return [f"Test NLL (nats; IWAE-{'/'.join(map(str, samples)) or '?'} on the whole test set), mean ± std over "
-            "seeds; `gap` = ours minus the paper's.", "", *md_table(head, body), "", spec.paper_note, ""]
+    samples = "/".join(map(str, distinct(r.test_nll()[0] for r in runs if r.test_nll()))) or "?"
+    if spec.metric == "elbo":
+        lines = ["Negative test ELBO (nats, the paper's metric, on the whole test set), mean ± std over seeds; `gap` "
+                 "= ours minus the paper's.", "", *md_table(head, body), ""]
+        iw = _grid_cells(spec, runs, nll)
+        lines += [f"Our test NLL by the importance-sampled bound (IWAE-{samples}) of the same runs (the paper gives "
+                  "none):", "", *md_table([spec.grid["rows"], *cols], [[str(row), *[mean_std(iw.get((row, c), []))
+                                                                                    for c in cols]] for row in rows]),
+                  ""]
+        return [*lines, spec.paper_note, ""]
+    return [f"Test NLL (nats; IWAE-{samples} on the whole test set), mean ± std over seeds; `gap` = ours minus the "
+            "paper's.", "", *md_table(head, body), "", spec.paper_note, ""]
 
 
 def vs_k_table(spec: TableSpec, runs: list[Run], out: Path) -> list[str]:
