@@ -229,6 +229,21 @@ class Gamma(torch.distributions.Gamma):
         s = _special.trigamma(self.concentration).sqrt()
         return T.ComposeTransform([T.AffineTransform(m, s), T.ExpTransform()])
 
+    def grep_log_prob(self, eps: torch.Tensor) -> torch.Tensor:
+        r"""log pi(eps; alpha, rate), the density of eps = T^-1(z) under ``grep_transform``, in the coordinate
+        u = m + s eps = log z: log q(exp(u)) + u + log s, which simplifies to
+
+            alpha (log rate + u) - rate exp(u) - lgamma(alpha) + log s.
+
+        Equal to ``log_prob(T(eps)) + T.log_abs_det_jacobian(eps, T(eps))``, without the factor 1/z of
+        d log q / dz (which overflows in float32 at the tiny samples of alpha << 1 once multiplied by the
+        score-function weight). ``eps [*S, *batch]`` -> ``[*S, *batch]``."""
+        alpha, rate = self.concentration, self.rate
+        m = torch.special.digamma(alpha) - rate.log()
+        s = _special.trigamma(alpha).sqrt()
+        u = m + s * eps
+        return alpha * (rate.log() + u) - rate * u.exp() - torch.lgamma(alpha) + s.log()
+
     def __repr__(self):
         return f"Gamma(batch_shape={tuple(self.batch_shape)})"
 

@@ -11,7 +11,10 @@ E[grad log pi(eps; theta)] = 0 for every theta, so any baseline independent of t
 The standardization (`standardization`) is the distribution's own when it has one (``q.grep_transform()``: for
 Gamma, log z standardized by psi(alpha) - log(rate) and sqrt(psi'(alpha)); for Beta, logit z by psi(a) - psi(b)
 and sqrt(psi'(a) + psi'(b)), as in the paper), applied per factor of an ``Independent``; otherwise, on a real
-support, z standardized by q's mean and standard deviation (the mixture's per-dimension moments).
+support, z standardized by q's mean and standard deviation (the mixture's per-dimension moments). A family
+with a standardization also gives log pi(eps; theta) in the standardized coordinate (``q.grep_log_prob(eps)``):
+equal to log q(T(eps)) + log |dT/deps|, but without the 1/z of d log q / dz, which at z ~ 1e-38 (a Beta or
+Gamma concentration << 1 in float32) times the weight f - b overflows, making the gradient NaN.
 Unbiased for both objectives; S evaluations of f (plus one log q per sample).
 """
 
@@ -51,6 +54,20 @@ def standardization(q) -> Transform:
     return AffineTransform(q.mean, s, event_dim=len(q.event_shape))
 
 
+def log_density(q, T: Transform, eps, z_theta):
+    """log pi(eps; theta) [S, *batch]: the family's own ``grep_log_prob(eps)`` when it has one (computed in the
+    standardized coordinate, stable where z underflows; summed over an Independent's reinterpreted dims),
+    else log q(T(eps)) + log |dT/deps|."""
+    if callable(getattr(q, "grep_log_prob", None)):
+        return q.grep_log_prob(eps)
+    base = getattr(q, "base_dist", None)
+    if base is not None and callable(getattr(base, "grep_log_prob", None)):
+        lp = base.grep_log_prob(eps)
+        n = q.reinterpreted_batch_ndims
+        return lp.sum(tuple(range(-n, 0))) if n else lp
+    return q.log_prob(z_theta) + T.log_abs_det_jacobian(eps, z_theta)
+
+
 STANDARDIZABLE = Need("a G-REP standardization (grep_transform(), or mean and variance on a real support)",
                       lambda q: _own(q) is not None or _real(q))
 
@@ -64,7 +81,7 @@ class GRep(BaselineEstimator):
         z = q.sample((num_samples,))  # [S, *batch, *event], no gradient
         eps = T.inv(z).detach()  # [S, *batch, *event]
         z_theta = T(eps)  # [S, *batch, *event], = z in value, differentiable in theta
-        log_pi = q.log_prob(z_theta) + T.log_abs_det_jacobian(eps, z_theta)  # [S, *batch]
+        log_pi = log_density(q, T, eps, z_theta)  # [S, *batch]
         values = f(z_theta)  # [S, *batch]
         value, surrogate, aux_loss, b = score_surrogate(values, log_pi, objective, self.baseline, context)
         return EstimatorOutput(value, surrogate, {"baseline": b.mean()}, aux_loss)
