@@ -107,30 +107,51 @@ def measure(dirs: list[Path], jobs: int, extra: list[str]) -> None:
 
 def collect(table: str, dirs: list[Path], dest_root: Path, commands: list[list[str]], budget: str,
             elapsed_s: float | None) -> Path:
-    """Copy the small files of each run into dest_root/<table>/<run name>/ (replacing what was there)."""
+    """Copy the small files of each run into dest_root/<table>/<run name>/, beside the runs already there.
+
+    A run collected again (continued, or tested again) replaces its own folder; every other folder stays, so
+    collecting on a machine that holds only some of a table's runs (a fresh clone, a second machine) never drops
+    the committed runs of the others. sweep.json says this invocation's command and keeps the earlier ones under
+    "collections". One table folder holds one budget: runs of another are refused with one line.
+    """
     dest = dest_root / table
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    sweep_path = dest / "sweep.json"
+    old = json.loads(sweep_path.read_text()) if sweep_path.exists() else {}
+    if old.get("budget") not in (None, budget):
+        raise SystemExit(f"{dest} holds runs of budget {old['budget']!r}, not {budget!r}: collect these into "
+                         f"another folder (--results DIR), or move that table's runs away first")
+    dest.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
     for run in dirs:
         name = run_name(load_config(run))
+        if name in names:
+            raise SystemExit(f"two runs of {table} map to the same name {name!r} ({run})")
+        names.append(name)
         out = dest / name
         if out.exists():
-            raise SystemExit(f"two runs of {table} map to the same name {name!r} ({run})")
+            shutil.rmtree(out)  # the same run again: its newer files, none left over from before
         out.mkdir()
         for fname in SMALL_FILES:
             if (run / fname).exists():
                 shutil.copy2(run / fname, out / fname)
+    kept = sorted(p.name for p in dest.iterdir() if p.is_dir() and p.name not in names)
     # no machine folders in committed files: the repository relative, the home directory as ~
     shown = [shlex.join(["python", *(a.replace(f"{REPO}{os.sep}", "").replace(str(Path.home()), "~")
                                      for a in command[1:])]) for command in commands]
     driver = f"python experiments/run_tables.py {table} --budget {budget}"
     entry = budget_entry(table, budget)
-    (dest / "sweep.json").write_text(json.dumps({
+    now = {"command": " && ".join(shown), "collected_runs": names, "sweep_wall_time_s": elapsed_s,
+           "collected": time.strftime("%Y-%m-%d %H:%M:%S")}
+    history = old.get("collections") or ([{k: old[k] for k in ("command", "runs", "sweep_wall_time_s", "collected")
+                                            if k in old}] if old else [])
+    sweep_path.write_text(json.dumps({
         "table": table, "budget": budget, "reproduction": bool(entry.get("reproduction", False)),
-        "budget_note": entry.get("note", ""), "driver": driver, "command": " && ".join(shown), "runs": len(dirs),
-        "sweep_wall_time_s": elapsed_s, "collected": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "budget_note": entry.get("note", ""), "driver": driver, "command": now["command"],
+        "runs": len(names) + len(kept), "sweep_wall_time_s": elapsed_s, "collected": now["collected"],
+        "collections": [*history, now],
     }, indent=2) + "\n")
+    if kept:
+        print(f"[{table}] kept {len(kept)} run(s) collected before (not in this sweep dir)", flush=True)
     return dest
 
 

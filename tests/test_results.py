@@ -279,6 +279,69 @@ def _job_config(*overrides) -> dict:
     return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
 
 
+def _fake_run(root: Path, seed: int) -> Path:
+    """A finished run dir as train.py leaves it (config.yaml, summary.json, metrics.jsonl) of the tiny budget."""
+    run = root / f"run{seed}"
+    run.mkdir(parents=True)
+    cfg = _job_config("+experiment=estimators_mnist", f"seed={seed}")
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "config": cfg}))
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    return run
+
+
+def _collect(runs, results, budget="cpu"):
+    import run_tables
+
+    return run_tables.collect("estimators_mnist", runs, results, [["python", "train.py", "+experiment=x"]], budget,
+                              1.0)
+
+
+def test_collecting_on_another_machine_keeps_the_runs_committed_before(tmp_path):
+    """Seed 0 collected, then (a fresh machine whose sweep dir holds only seed 1) seed 1: both stay, each
+    invocation is in sweep.json; collecting seed 1 again replaces its own folder only."""
+    results = tmp_path / "results"
+    _collect([_fake_run(tmp_path / "machine_a", 0)], results)
+    run1 = _fake_run(tmp_path / "machine_b", 1)
+    dest = _collect([run1], results)
+    names = sorted(p.name for p in dest.iterdir() if p.is_dir())
+    assert names == ["mnist-K5-graves-elbo1-seed0", "mnist-K5-graves-elbo1-seed1"]
+    (run1 / "metrics.jsonl").write_text('{"step": 2}\n')
+    _collect([run1], results)
+    assert (dest / names[1] / "metrics.jsonl").read_text() == '{"step": 2}\n'
+    assert (dest / names[0] / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    sweep = json.loads((dest / "sweep.json").read_text())
+    assert sweep["runs"] == 2 and [c["collected_runs"] for c in sweep["collections"]] == [
+        ["mnist-K5-graves-elbo1-seed0"], ["mnist-K5-graves-elbo1-seed1"], ["mnist-K5-graves-elbo1-seed1"]]
+
+
+def test_twin_a_collect_that_replaces_the_folder_loses_the_other_runs(tmp_path, monkeypatch):
+    """The broken twin (the folder emptied before copying, as the driver once did) loses seed 0; the check
+    above would fail on it."""
+    import shutil
+
+    import run_tables
+
+    results = tmp_path / "results"
+    _collect([_fake_run(tmp_path / "machine_a", 0)], results)
+    real_collect = run_tables.collect
+
+    def replacing(table, dirs, dest_root, *args):
+        shutil.rmtree(dest_root / table)
+        return real_collect(table, dirs, dest_root, *args)
+
+    monkeypatch.setattr(run_tables, "collect", replacing)
+    dest = _collect([_fake_run(tmp_path / "machine_b", 1)], results)
+    assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["mnist-K5-graves-elbo1-seed1"]
+
+
+def test_collecting_another_budget_into_the_same_folder_is_refused(tmp_path):
+    results = tmp_path / "results"
+    _collect([_fake_run(tmp_path / "a", 0)], results)
+    with pytest.raises(SystemExit, match="holds runs of budget 'cpu', not 'smoke'"):
+        _collect([_fake_run(tmp_path / "b", 1)], results, budget="smoke")
+
+
 def test_grid_table_crosses_estimators_and_models(tmp_path):
     """gumbel_vae's layout from summaries of real composed configs (fake numbers on purpose): rows estimators,
     columns models, our negative test ELBO beside the paper's (its metric), our IWAE-1000 NLL in a second table."""
