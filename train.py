@@ -17,11 +17,23 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "mixvae" / "configs"  # groups that ship with the package
+
+
+def run_dir_variant(value) -> str:
+    """``${mixvae.variant:X}`` in a sweep's subdir: '' for none / null / false, else '-X'. The experiment files
+    name run directories by the options chosen (``gamma-D2-grep-seed0``); an option's setting that changes the
+    run but not its name (the estimator's baseline) is appended this way, so that ``estimator.baseline=mean``
+    gets ``gamma-D2-grep-mean-seed0`` and not the directory of the run without a baseline (which a resume
+    would refuse as a changed setting)."""
+    return "" if value in (None, False, "", "none", "null") else f"-{value}"
+
+
+OmegaConf.register_new_resolver("mixvae.variant", run_dir_variant, replace=True)
 
 
 def group_dir(group: str) -> Path | None:

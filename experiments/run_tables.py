@@ -105,14 +105,21 @@ def measure(dirs: list[Path], jobs: int, extra: list[str]) -> None:
         raise SystemExit(f"grad_variance_runs.py failed (exit codes {codes})")
 
 
+def shown_command(commands: list[list[str]]) -> str:
+    """The train.py commands as a shell line for committed files: no machine folders (the repository relative,
+    the home directory as ~)."""
+    return " && ".join(shlex.join(["python", *(a.replace(f"{REPO}{os.sep}", "").replace(str(Path.home()), "~")
+                                              for a in command[1:])]) for command in commands)
+
+
 def collect(table: str, dirs: list[Path], dest_root: Path, commands: list[list[str]], budget: str,
-            elapsed_s: float | None) -> Path:
+            elapsed_s: float | None, extra: list[str] = ()) -> Path:
     """Copy the small files of each run into dest_root/<table>/<run name>/, beside the runs already there.
 
     A run collected again (continued, or tested again) replaces its own folder; every other folder stays, so
     collecting on a machine that holds only some of a table's runs (a fresh clone, a second machine) never drops
-    the committed runs of the others. sweep.json says this invocation's command and keeps the earlier ones under
-    "collections". One table folder holds one budget: runs of another are refused with one line.
+    the committed runs of the others. sweep.json says this invocation's command (with its --set overrides) and
+    keeps the earlier ones under "collections". One table folder holds one budget: runs of another are refused with one line.
     """
     dest = dest_root / table
     sweep_path = dest / "sweep.json"
@@ -135,12 +142,10 @@ def collect(table: str, dirs: list[Path], dest_root: Path, commands: list[list[s
             if (run / fname).exists():
                 shutil.copy2(run / fname, out / fname)
     kept = sorted(p.name for p in dest.iterdir() if p.is_dir() and p.name not in names)
-    # no machine folders in committed files: the repository relative, the home directory as ~
-    shown = [shlex.join(["python", *(a.replace(f"{REPO}{os.sep}", "").replace(str(Path.home()), "~")
-                                     for a in command[1:])]) for command in commands]
     driver = f"python experiments/run_tables.py {table} --budget {budget}"
     entry = budget_entry(table, budget)
-    now = {"command": " && ".join(shown), "collected_runs": names, "sweep_wall_time_s": elapsed_s,
+    now = {"driver": driver + "".join(f" --set {shlex.quote(x)}" for x in extra),
+           "command": shown_command(commands), "collected_runs": names, "sweep_wall_time_s": elapsed_s,
            "collected": time.strftime("%Y-%m-%d %H:%M:%S")}
     history = old.get("collections") or ([{k: old[k] for k in ("command", "runs", "sweep_wall_time_s", "collected")
                                             if k in old}] if old else [])
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             measure([d for d in dirs if not (d / "grad_variance.json").exists()], args.jobs, args.grad_arg)
             print(f"[{table}] gradient variance of {len(dirs)} runs in {(time.perf_counter() - t0) / 60:.1f} min")
-        dest = collect(table, dirs, results, cmds, args.budget, elapsed)
+        dest = collect(table, dirs, results, cmds, args.budget, elapsed, args.set)
         print(f"[{table}] {len(dirs)} runs collected in {dest}", flush=True)
     if failed:
         raise SystemExit(f"some runs failed in: {', '.join(failed)} (rerun the same command to continue them)")

@@ -223,12 +223,33 @@ def budget_status(spec: TableSpec, sweep: dict | None) -> tuple[bool, str]:
                    "their own budget, so the gap includes the budget's.")
 
 
+def budget_command(table: str, budget: str) -> str | None:
+    """The train.py command(s) behind ``run_tables.py TABLE --budget BUDGET`` (its default --jobs 2 and sweep
+    dir), built from the catalogue as the driver builds them: the one line that trains every run of the budget.
+    None when the catalogue no longer has that budget."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import run_tables
+
+    if table not in run_tables.CATALOGUE["tables"] or not run_tables.budget_entry(table, budget):
+        return None
+    sweep_dir = Path.home() / ".cache" / "mixvae" / "runs" / budget / table
+    return run_tables.shown_command(run_tables.train_commands(table, budget, sweep_dir, 2, []))
+
+
 def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
     smoke, status = budget_status(spec, sweep)
     lines = [f"# {'Smoke test: ' if smoke else ''}{spec.title}", "", status, "", spec.intro, ""]
     if sweep:
-        lines += [f"Command (this budget, `{sweep.get('budget')}`): `{sweep.get('driver')}`, which runs",
-                  f"`{sweep.get('command')}`", ""]
+        budget, command = sweep.get("budget"), budget_command(spec.name, sweep.get("budget"))
+        driver = f"python experiments/run_tables.py {spec.name} --budget {budget}" if command else sweep.get("driver")
+        lines += [f"Command (this budget, `{budget}`): `{driver}`, which runs", f"`{command or sweep.get('command')}`",
+                  ""]
+        calls = sweep.get("collections") or []
+        if len(calls) > 1 or any(" --set " in c.get("driver", "") for c in calls):
+            lines += [f"The runs were trained and collected in {len(calls)} invocation(s), some on part of the "
+                      f"budget; results/runs/{spec.name}/sweep.json lists each one's command.", ""]
     lines += [f"Full budget: `python train.py +experiment={spec.experiment}` (see configs/experiment/"
               f"{spec.experiment}.yaml).", ""]
     cfgs = [r.cfg for r in runs]

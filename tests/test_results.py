@@ -5,6 +5,7 @@ basic launcher), scripts/make_results.py builds the markdown from the collected 
 experiments compose with every grid value, and make_results never invents numbers for a table without runs.
 """
 
+import functools
 import json
 import os
 import re
@@ -416,3 +417,74 @@ def test_wall_time_of_a_run_counts_every_invocation():
     assert make_results.run_wall_time({"wall_time_s": 1500.0, "invocation_wall_time_s": 430.0,
                                        "metrics": metrics}) == 1500.0
     assert make_results.run_wall_time({"metrics": metrics}) is None
+
+
+@functools.cache
+def _sweep_subdirs(table: str, budget: str, subdir: str | None = None) -> dict[str, str]:
+    """Run name -> the run directory (hydra.sweep.subdir, resolved as the launcher does) of each job of a
+    budget; ``subdir`` replaces the experiment file's template."""
+    import run_tables
+    from hydra.core.hydra_config import HydraConfig
+
+    sys.path.insert(0, str(REPO))
+    import train  # noqa: F401  (registers the mixvae.variant resolver that subdirs use)
+
+    dirs: dict[str, str] = {}
+    for command in run_tables.train_commands(table, budget, Path("/nonexistent"), 2, []):
+        for job in budget_jobs(command):
+            cfg = composed([*job, *([f"hydra.sweep.subdir={subdir}"] if subdir else [])])
+            HydraConfig.instance().set_config(cfg)
+            dirs[make_results.run_name(OmegaConf.to_container(cfg))] = str(cfg.hydra.sweep.subdir)
+    return dirs
+
+
+@pytest.mark.parametrize("table,budget", [
+    (t, b) if b == _main_budget(e) else pytest.param(t, b, marks=pytest.mark.slow)
+    for t, e in CATALOGUE["tables"].items() for b in e["budgets"]])
+def test_every_run_of_a_budget_has_its_own_run_dir(table, budget):
+    """Two runs of a budget that resolved to one run directory would resume each other (refused as a changed
+    setting, but then one of them never runs): every run name maps to a directory of its own."""
+    dirs = _sweep_subdirs(table, budget)
+    assert len(set(dirs.values())) == len(dirs), sorted(dirs.items(), key=lambda kv: kv[1])
+
+
+def test_run_dirs_name_the_baseline_and_keep_the_old_names():
+    """latent_families trains G-REP with and without a baseline: the baseline is part of the run dir (and runs
+    without one keep the names they had), while the twin, the template without ${mixvae.variant:...}, gives
+    both baselines one directory."""
+    dirs = _sweep_subdirs("latent_families", "cpu")
+    assert dirs["mnist-beta-D2-grep-mean-elbo1-seed0"] == "beta-D2-grep-mean-seed0"
+    assert dirs["mnist-beta-D2-grep-none-elbo1-seed0"] == "beta-D2-grep-seed0"
+    assert dirs["mnist-gamma-D10-graves-elbo1-seed2"] == "gamma-D10-graves-seed2"
+    assert dirs["mnist-von_mises-D2-score_function-mean-elbo1-seed0"] == "von_mises-D2-score_function-mean-seed0"
+    old = ("${hydra:runtime.choices.experiment/families@_global_}-D${model.latent_dim}"
+           "-${hydra:runtime.choices.estimator}-seed${seed}")
+    twin = _sweep_subdirs("latent_families", "cpu", subdir=old)
+    assert twin["mnist-beta-D2-grep-mean-elbo1-seed0"] == twin["mnist-beta-D2-grep-none-elbo1-seed0"]
+
+
+def test_a_table_names_its_budgets_command_not_the_last_partial_one(tmp_path):
+    """A run launched on part of a budget (--set overrides) is collected with its own command in sweep.json,
+    while the table's header shows the command of the whole budget, from the catalogue (the last collection's
+    --set overrides there would claim that one line made every run)."""
+    import shutil
+
+    import run_tables
+
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "runs" / "latent_families", results / "latent_families")
+    partial = ["seed=0", "estimator=grep", "hydra.sweep.subdir=beta-D2-grep-mean-seed0"]
+    run_tables.collect("latent_families", [], results, [["python", "train.py", "+experiment=latent_families",
+                                                         *partial]], "cpu", 1.0, partial)
+    sweep = json.loads((results / "latent_families" / "sweep.json").read_text())
+    assert sweep["collections"][-1]["driver"].endswith("--budget cpu --set seed=0 --set estimator=grep "
+                                                       "--set hydra.sweep.subdir=beta-D2-grep-mean-seed0")
+    spec = next(t for t in make_results.TABLES if t.name == "latent_families")
+    (tmp_path / "out").mkdir()
+    assert make_results.build_table(spec, results, tmp_path / "out")
+    text = (tmp_path / "out" / "latent_families.md").read_text()
+    command = text.split("which runs\n`", 1)[1].split("`", 1)[0]
+    assert command == make_results.budget_command("latent_families", "cpu")
+    assert command.count("python train.py +experiment=latent_families") == len(
+        CATALOGUE["tables"]["latent_families"]["budgets"]["cpu"]["sweeps"])
+    assert "hydra.sweep.subdir" not in command and "sweep.json lists each one's command" in text
