@@ -229,7 +229,8 @@ def budget_command(table: str, budget: str) -> str | None:
     None when the catalogue no longer has that budget."""
     import sys
 
-    sys.path.insert(0, str(REPO / "experiments"))
+    if str(REPO / "experiments") not in sys.path:  # called once per table
+        sys.path.insert(0, str(REPO / "experiments"))
     import run_tables
 
     if table not in run_tables.CATALOGUE["tables"] or not run_tables.budget_entry(table, budget):
