@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.distributions import transforms as T
+from torch.distributions.utils import lazy_property
 
 from mixvae.distributions import _special
 from mixvae.distributions.dirichlet import dirichlet_from_standard_gamma, sample_standard_gamma
@@ -83,23 +84,20 @@ class Beta(torch.distributions.Beta):
         below_one = 1 - torch.finfo(z.dtype).eps / 2  # z rounded to 1 would give log_prob = inf for b < 1
         return z + (z.detach().clamp(max=below_one) - z.detach())
 
+    @lazy_property
     def _grep_location_scale(self):
-        """(m, s) of the G-REP standardization, computed once per distribution: ``grep_transform`` and
-        ``grep_log_prob`` of one G-REP step share them (the parameters of a distribution never change)."""
-        cached = self.__dict__.get("_grep_ms")
-        if cached is None:
-            a, b = self.concentration1, self.concentration0
-            m = torch.special.digamma(a) - torch.special.digamma(b)
-            s = (_special.trigamma(a) + _special.trigamma(b)).sqrt()
-            cached = self._grep_ms = (m, s)
-        return cached
+        """(m, s) of the G-REP standardization, computed once per distribution (torch's ``lazy_property``):
+        ``grep_transform`` and ``grep_log_prob`` of one G-REP step share them."""
+        a, b = self.concentration1, self.concentration0
+        return (torch.special.digamma(a) - torch.special.digamma(b),
+                (_special.trigamma(a) + _special.trigamma(b)).sqrt())
 
     def grep_transform(self) -> T.Transform:
         r"""G-REP standardization (Ruiz, Titsias & Blei 2016, section 3): z = T(eps) = sigmoid(m + s eps) with
         m = E[logit z] = psi(a) - psi(b) and s^2 = Var[logit z] = psi'(a) + psi'(b) (logit z = log x - log y of
         two independent gammas), so that eps = T^-1(z) has mean 0 and variance 1. ``T = Sigmoid o Affine(m, s)``,
         event_dim 0; m and s are differentiable in the parameters."""
-        m, s = self._grep_location_scale()
+        m, s = self._grep_location_scale
         return T.ComposeTransform([T.AffineTransform(m, s), T.SigmoidTransform()])
 
     def grep_log_prob(self, eps: torch.Tensor) -> torch.Tensor:
@@ -113,7 +111,7 @@ class Beta(torch.distributions.Beta):
         f(z) - b overflows to inf, and the gradient to NaN. Here d/du = a sigmoid(-u) - b sigmoid(u) is bounded.
         ``eps [*S, *batch]`` -> ``[*S, *batch]``."""
         a, b = self.concentration1, self.concentration0
-        m, s = self._grep_location_scale()
+        m, s = self._grep_location_scale
         u = m + s * eps
         log_beta = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
         return a * F.logsigmoid(u) + b * F.logsigmoid(-u) - log_beta + s.log()

@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 from torch.distributions import transforms as T
-from torch.distributions.utils import broadcast_all
+from torch.distributions.utils import broadcast_all, lazy_property
 
 from mixvae.distributions import _special, native
 
@@ -220,22 +220,19 @@ class Gamma(torch.distributions.Gamma):
         tiny = torch.finfo(z.dtype).tiny
         return z + (z.detach().clamp(min=tiny) - z.detach())  # keep z > 0 where x / rate underflows
 
+    @lazy_property
     def _grep_location_scale(self):
-        """(m, s) of the G-REP standardization, computed once per distribution: ``grep_transform`` and
-        ``grep_log_prob`` of one G-REP step share them (the parameters of a distribution never change)."""
-        cached = self.__dict__.get("_grep_ms")
-        if cached is None:
-            m = torch.special.digamma(self.concentration) - self.rate.log()
-            s = _special.trigamma(self.concentration).sqrt()
-            cached = self._grep_ms = (m, s)
-        return cached
+        """(m, s) of the G-REP standardization, computed once per distribution (torch's ``lazy_property``):
+        ``grep_transform`` and ``grep_log_prob`` of one G-REP step share them."""
+        return (torch.special.digamma(self.concentration) - self.rate.log(),
+                _special.trigamma(self.concentration).sqrt())
 
     def grep_transform(self) -> T.Transform:
         r"""G-REP standardization (Ruiz, Titsias & Blei 2016, section 3): z = T(eps) = exp(m + s eps) with
         m = E[log z] = psi(alpha) - log(rate) and s^2 = Var[log z] = psi'(alpha), so that eps = T^-1(z) has
         mean 0 and variance 1 for every (alpha, rate). ``T = Exp o Affine(m, s)``, event_dim 0; m and s are
         differentiable in the parameters."""
-        m, s = self._grep_location_scale()
+        m, s = self._grep_location_scale
         return T.ComposeTransform([T.AffineTransform(m, s), T.ExpTransform()])
 
     def grep_log_prob(self, eps: torch.Tensor) -> torch.Tensor:
@@ -248,7 +245,7 @@ class Gamma(torch.distributions.Gamma):
         d log q / dz (which overflows in float32 at the tiny samples of alpha << 1 once multiplied by the
         score-function weight). ``eps [*S, *batch]`` -> ``[*S, *batch]``."""
         alpha, rate = self.concentration, self.rate
-        m, s = self._grep_location_scale()
+        m, s = self._grep_location_scale
         u = m + s * eps
         return alpha * (rate.log() + u) - rate * u.exp() - torch.lgamma(alpha) + s.log()
 
