@@ -21,6 +21,9 @@ Rerunning continues: finished runs are skipped (resume=auto) and killed ones con
 sweep sub-directories are named by the run (row and seed), so a partial or extended grid finds its runs again.
 The sweep root defaults to $MIXVAE_RUNS_DIR, else ~/.cache/mixvae/runs: outside the work tree, so that a later
 invocation on the same machine continues the runs. ``--skip-train`` collects what has completed so far.
+Runs already collected in results/runs/<table>/ are skipped too (the launcher's ``skip_committed``: a job whose
+config describes the same run as a committed config.yaml), so a fresh clone trains only what the table lacks;
+``--rerun-committed`` trains them again.
 
 Budgets: `cpu` is each table's budget for two CPU cores (one-thread runs of at most about 2 hours, two at once;
 its `note` in the catalogue says how it compares with the paper's); `smoke` the old minutes-long budgets, kept
@@ -177,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="extra argument for grad_variance_runs.py (repeatable), e.g. --grad-arg=--repetitions=20")
     parser.add_argument("--skip-train", action="store_true", help="only measure and collect existing runs")
     parser.add_argument("--skip-grad", action="store_true", help="do not measure gradient variance")
+    parser.add_argument("--rerun-committed", action="store_true",
+                        help="train runs already collected in the results folder again (default: skip them)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.tables) - set(TABLES))
     if unknown:
@@ -200,9 +205,11 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_train:
             t0 = time.perf_counter()
             codes = []
+            committed = (results / table).absolute()
+            skip = [] if args.rerun_committed else [f"hydra.launcher.skip_committed='{committed}'"]
             for cmd in cmds:
-                print(f"[{table}] {shlex.join(cmd)}", flush=True)
-                codes.append(subprocess.run(cmd, cwd=REPO).returncode)
+                print(f"[{table}] {shlex.join(cmd + skip)}", flush=True)
+                codes.append(subprocess.run(cmd + skip, cwd=REPO).returncode)
             elapsed = time.perf_counter() - t0
             print(f"[{table}] sweep finished in {elapsed / 60:.1f} min (exit {max(codes, key=abs)})", flush=True)
             if any(codes):  # collect what completed; rerunning continues the rest

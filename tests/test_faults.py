@@ -81,6 +81,30 @@ def test_resume_refuses_a_change_that_defines_the_run(config, tmp_path, change):
     train(config(change, "resume=false", "train.epochs=1"), tmp_path)  # the advice works
 
 
+def test_run_differences_ignores_only_machine_local_keys(config):
+    """Two configs describe the same committed run when they differ only in where and how it ran (threads, data
+    folder, logger, checkpoints); a key that changes the numbers (lr, epochs, test samples, seed) is a
+    difference, and so is a key only one has, except the defaults of keys added since (dataset.verify)."""
+    from omegaconf import OmegaConf
+
+    from mixvae.training import run_differences
+
+    def resolved(*overrides):
+        return OmegaConf.to_container(config(*overrides), resolve=True)
+
+    base = resolved()
+    assert run_differences(resolved("threads=2", "dataset.root=/elsewhere", "logger=none", "progress=true"),
+                           base) == []
+    for change, key in [("optim.lr=1e-4", "optim.lr"), ("train.epochs=7", "train.epochs"),
+                        ("eval.iwae_samples=7", "eval.iwae_samples"), ("seed=3", "seed")]:
+        assert run_differences(resolved(change), base) == [key], change
+    old = resolved()
+    old["dataset"].pop("verify")  # written before dataset.verify existed: counts as its default (True)
+    assert run_differences(base, old) == []
+    old["model"].pop("latent_dim")
+    assert run_differences(base, old) == ["model.latent_dim"]
+
+
 def test_weights_that_do_not_fit_are_one_line(config, tmp_path):
     """The config check comes first; weights that still do not fit (a tampered file) are one line too."""
     train(config("model.latent_dim=3", "train.stop_after=1"), tmp_path / "other")

@@ -270,6 +270,25 @@ def test_latent_families_table_end_to_end(tmp_path):
             or line.startswith("| gamma")}
     assert set(rows) == {"normal", "gamma"} and "141.9" in rows["normal"] and "143.4" in rows["gamma"]
 
+    # a fresh machine (no run directories) with these runs committed: the driver trains nothing again ...
+    fresh = [*cmd[:cmd.index("--sweep-root") + 1], str(tmp_path / "fresh"), *cmd[cmd.index("--sweep-root") + 2:]]
+    res = subprocess.run(fresh, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    log = res.stdout + res.stderr
+    assert log.count("; skipped") == 2 and "mnist-gamma-D2-graves-elbo1-seed0; skipped" in log, log[-3000:]
+    assert not list((tmp_path / "fresh").glob("*/*/*/summary.json"))
+    assert "kept 2 run(s) collected before" in log
+    # ... but a job that differs in what defines its run (here one more epoch) is trained, and so is every job
+    # with --rerun-committed
+    res = subprocess.run([*fresh, "--set", "experiment/families@_global_=normal", "--set", "train.epochs=3"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "; skipped" not in res.stdout + res.stderr, res.stderr[-3000:]
+    res = subprocess.run([*fresh, "--set", "experiment/families@_global_=gamma", "--rerun-committed"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "; skipped" not in res.stdout + res.stderr, res.stderr[-3000:]
+    trained = sorted(p.parent.name for p in (tmp_path / "fresh").glob("*/*/*/summary.json"))
+    assert trained == ["gamma-D2-graves-seed0", "normal-D2-graves-seed0"], trained
+
 
 def _job_config(*overrides) -> dict:
     """A job's config as train.py would write it (config.yaml): the experiment composed with the overrides."""

@@ -5,6 +5,7 @@
 
 from mixvae.training.errors import ConfigError, MixVAEError, NonFiniteError, RunBusyError
 from mixvae.training.evaluate import evaluate
-from mixvae.training.loop import Trainer, train, validate_config
+from mixvae.training.loop import Trainer, run_differences, train, validate_config
 
-__all__ = ["ConfigError", "MixVAEError", "NonFiniteError", "RunBusyError", "Trainer", "evaluate", "train", "validate_config"]
+__all__ = ["ConfigError", "MixVAEError", "NonFiniteError", "RunBusyError", "Trainer", "evaluate", "run_differences",
+           "train", "validate_config"]

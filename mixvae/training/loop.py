@@ -226,8 +226,26 @@ _APPLIED = ("optim.", "schedule.", "train.grad_clip")
 _ADDED = {"schedule._target_": "mixvae.training.schedules.Constant", "dataset.verify": True}
 
 
+# Keys that say where and how an invocation runs, not what it computes: two configs that differ only in these
+# describe the same run (a run committed on one machine is the run a job on another asks for).
+_LOCAL = ("resume", "progress", "device", "threads", "deterministic", "graves_backend", "logger.", "dataset.root",
+          "dataset.download", "dataset.verify", "checkpoint.")
+
+
 def _covers(entries: tuple[str, ...], key: str) -> bool:
     return any(key == e or (e.endswith(".") and key.startswith(e)) for e in entries)
+
+
+def run_differences(now: dict, then: dict) -> list[str]:
+    """The keys in which two resolved configs (``config.yaml``'s contents) describe different runs: every key
+    that differs or is set in only one, after the defaults of keys added since (``_ADDED``), except the
+    machine-local ones (``_LOCAL``: device, threads, logger, data folder, checkpoints). Empty: the same run."""
+    now, then = _leaves(now), _leaves(then)
+    for key, value in _ADDED.items():
+        now.setdefault(key, value)
+        then.setdefault(key, value)
+    return [k for k in sorted(set(now) | set(then))
+            if not _covers(_LOCAL, k) and (k not in now or k not in then or now[k] != then[k])]
 
 
 def _leaves(node, prefix: str = "") -> dict:
