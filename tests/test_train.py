@@ -396,7 +396,8 @@ def test_a_resumed_run_keeps_its_total_wall_time_and_every_revision(config, tmp_
 
 def test_git_revision_dirty_counts_code_not_results(tmp_path):
     """summary.json's `dirty` says whether the code or configs differed from the commit; collected run files and
-    rebuilt tables under results/ (which a driver rewrites while other runs start) do not make a run dirty."""
+    rebuilt tables under results/ (which a driver rewrites while other runs start) and Markdown prose do not
+    make a run dirty."""
     from mixvae.training.runtime import git_revision
 
     def git(*args):
@@ -412,6 +413,13 @@ def test_git_revision_dirty_counts_code_not_results(tmp_path):
     git("commit", "-qm", "init")
     assert git_revision(tmp_path / "pkg")["dirty"] is False
     (tmp_path / "results" / "table.md").write_text("new\n")
+    assert git_revision(tmp_path / "pkg")["dirty"] is False
+    (tmp_path / "README.md").write_text("prose\n")  # tracked Markdown, at the top and below it
+    (tmp_path / "pkg" / "notes.md").write_text("prose\n")
+    git("add", "README.md", "pkg/notes.md")
+    git("commit", "-qm", "docs")
+    (tmp_path / "README.md").write_text("more prose\n")
+    (tmp_path / "pkg" / "notes.md").write_text("more prose\n")
     assert git_revision(tmp_path / "pkg")["dirty"] is False
     (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
     assert git_revision(tmp_path / "pkg")["dirty"] is True  # the twin: a code change still counts

@@ -96,7 +96,8 @@ def portable_path(text: str | os.PathLike) -> str:
 
 def git_revision(where: Path | None = None) -> dict:
     """The commit of the code that ran and whether tracked files differed from it (None outside git). Files under
-    the repository's results/ do not count: collected run files and rebuilt tables change no run."""
+    the repository's results/ and Markdown files (README.md, docs) do not count: collected run files, rebuilt
+    tables and prose change no run."""
     here = Path(where) if where is not None else Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -107,8 +108,8 @@ def git_revision(where: Path | None = None) -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results") \
-        if commit else None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results",
+                 ":(top,exclude,glob)**/*.md") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
