@@ -290,6 +290,25 @@ def test_latent_families_table_end_to_end(tmp_path):
     assert trained == ["gamma-D2-graves-seed0", "normal-D2-graves-seed0"], trained
 
 
+def test_families_table_pairs_each_estimator_with_graves_by_seed():
+    """The writer only (hand-made numbers): G-REP minus graves seed by seed, the seed graves lacks left out."""
+    def run(estimator, seed, nll):
+        extra = ["estimator.baseline=mean"] if estimator == "grep" else []
+        cfg = _job_config("+experiment=latent_families", "experiment/families@_global_=gamma",
+                          "model.latent_dim=2", f"estimator={estimator}", *extra, f"seed={seed}")
+        return make_results.Run(name=f"{estimator}{seed}", records=[], grad=None, summary={
+            "status": "completed", "epochs": 30, "config": cfg, "metrics": {"test/nll_iwae5000": nll}})
+
+    runs = [run("graves", 0, 100.0), run("graves", 1, 102.0), run("grep", 0, 103.0), run("grep", 1, 104.0),
+            run("grep", 2, 110.0)]
+    spec = next(s for s in make_results.TABLES if s.name == "latent_families")
+    text = "\n".join(make_results.families_table(spec, runs))
+    row = next(line for line in text.splitlines() if line.startswith("| gamma | 2 | grep (mean) |"))
+    assert [c.strip() for c in row.strip("|").split("|")][3:] == ["+2.50", "0.50", "2"], row  # diffs 3 and 2
+    main = next(line for line in text.splitlines() if line.startswith("| gamma | 2 | 143.4 |"))
+    assert "101.0 ± 1.4" in main and "105.7 ± 3.8" in main  # the unpaired means keep every seed
+
+
 def _job_config(*overrides) -> dict:
     """A job's config as train.py would write it (config.yaml): the experiment composed with the overrides."""
     cfg = composed(overrides)
