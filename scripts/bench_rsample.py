@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import statistics
 import sys
@@ -224,6 +225,19 @@ def run(device, grid, pyro_budget_ms):
     return rows
 
 
+def _ms(x, digits=2):
+    """A time cell: empty (an em dash) where the method was not timed (absent peer, or past its time limit)."""
+    return "—" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _ratio(a, b):
+    return "—" if math.isnan(a) or math.isnan(b) else f"{a / b:.1f}x"
+
+
+def _share(graves, user):
+    return "—" if math.isnan(graves) or math.isnan(user) else f"{max(0.0, 1 - graves / user):.0%}"
+
+
 def table(rows):
     lines = [
         "| B | K | D | normal (ms) | Normal (ms) | graves (ms) | user (ms) | graves compiled (ms) "
@@ -233,11 +247,11 @@ def table(rows):
     ]
     for r in rows:
         lines.append(
-            f"| {r['B']} | {r['K']} | {r['D']} | {r['normal']:.3f} | {r['Normal']:.3f} | {r['graves']:.2f} "
-            f"| {r['user']:.2f} | {r['compiled']:.2f} | {r['eager']:.2f} | {r['enumerate']:.2f} | {r['pyro']:.1f} "
-            f"| {r['tfp-jax']:.2f} | {r['pyro'] / r['user']:.1f}x | {r['tfp-jax'] / r['user']:.1f}x "
-            f"| {r['graves'] / r['normal']:.1f}x | {r['user'] / r['Normal']:.1f}x "
-            f"| {max(0.0, 1 - r['graves'] / r['user']):.0%} |"
+            f"| {r['B']} | {r['K']} | {r['D']} | {_ms(r['normal'], 3)} | {_ms(r['Normal'], 3)} | {_ms(r['graves'])} "
+            f"| {_ms(r['user'])} | {_ms(r['compiled'])} | {_ms(r['eager'])} | {_ms(r['enumerate'])} "
+            f"| {_ms(r['pyro'], 1)} | {_ms(r['tfp-jax'])} | {_ratio(r['pyro'], r['user'])} "
+            f"| {_ratio(r['tfp-jax'], r['user'])} | {_ratio(r['graves'], r['normal'])} "
+            f"| {_ratio(r['user'], r['Normal'])} | {_share(r['graves'], r['user'])} |"
         )
     return lines
 
