@@ -239,6 +239,12 @@ def budget_command(table: str, budget: str) -> str | None:
     return run_tables.shown_command(run_tables.train_commands(table, budget, sweep_dir, 2, []))
 
 
+def cpu_numbers(h: dict) -> str | None:
+    """'family 25, model 17' where the run recorded them (x86; older summaries did not)."""
+    fam, num = h.get("cpu_family"), h.get("cpu_model_number")
+    return f"family {fam}, model {num}" if fam and num else None
+
+
 def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
     smoke, status = budget_status(spec, sweep)
     lines = [f"# {'Smoke test: ' if smoke else ''}{spec.title}", "", status, "", spec.intro, ""]
@@ -276,7 +282,8 @@ def header(spec: TableSpec, runs: list[Run], sweep: dict | None) -> list[str]:
     seeds = sorted(distinct(c["seed"] for c in cfgs))
     hw = distinct(
         f"{h.get('device')}, {h.get('cpu_model') or h.get('processor') or h.get('machine')}"
-        + (f" ({h['vector_isa']})" if h.get("vector_isa") else "") + f", {h.get('cpu_count')} cores, "
+        + (f" ({'; '.join(x for x in (cpu_numbers(h), h.get('vector_isa')) if x)})"
+           if cpu_numbers(h) or h.get("vector_isa") else "") + f", {h.get('cpu_count')} cores, "
         f"{h.get('torch_threads')} torch thread(s) per run, torch {h.get('torch')}, {h.get('platform')}"
         for h in (r.summary.get("hardware", {}) for r in runs))
     gits = distinct(f"{(g.get('commit') or 'unknown')[:10]}{' (with uncommitted changes)' if g.get('dirty') else ''}"

@@ -526,3 +526,15 @@ def test_a_table_names_its_budgets_command_not_the_last_partial_one(tmp_path):
     assert command.count("python train.py +experiment=latent_families") == len(
         CATALOGUE["tables"]["latent_families"]["budgets"]["cpu"]["sweeps"])
     assert "hydra.sweep.subdir" not in command and "sweep.json lists each one's command" in text
+
+
+def test_hardware_line_names_the_cpu_generation_where_the_run_recorded_it():
+    """'AMD EPYC' alone is Zen 3 or Zen 4: the table adds family and model; older summaries without them still
+    read, with the vector ISA alone."""
+    from mixvae.training.runtime import cpu_facts
+
+    facts = cpu_facts()
+    assert set(facts) == {"cpu_model", "cpu_family", "cpu_model_number", "vector_isa"}
+    new = {"cpu_model": "AMD EPYC", "cpu_family": "25", "cpu_model_number": "17", "vector_isa": "AVX-512"}
+    assert make_results.cpu_numbers(new) == "family 25, model 17"
+    assert make_results.cpu_numbers({"cpu_model": "AMD EPYC", "vector_isa": "AVX2"}) is None

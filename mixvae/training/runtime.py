@@ -114,8 +114,10 @@ def git_revision(where: Path | None = None) -> dict:
 
 
 def cpu_facts() -> dict:
-    """The CPU's model name and widest vector ISA, from /proc/cpuinfo (None where it cannot be read)."""
-    model, flags = None, set()
+    """The CPU's model name, x86 family and model numbers (one model name can cover several generations: "AMD
+    EPYC" is Zen 3 at family 25 model 1 and Zen 4 at family 25 model 17) and widest vector ISA, from
+    /proc/cpuinfo (None where it cannot be read)."""
+    model, family, number, flags = None, None, None, set()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -123,13 +125,17 @@ def cpu_facts() -> dict:
                 key = key.strip().lower()
                 if key in ("model name", "hardware", "cpu model") and model is None:
                     model = value.strip()
+                elif key == "cpu family" and family is None:
+                    family = value.strip()
+                elif key == "model" and number is None:
+                    number = value.strip()
                 elif key in ("flags", "features") and not flags:
                     flags = set(value.split())
     except OSError:
         pass
     isa = next((name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("SVE", "sve"),
                                         ("NEON", "asimd"), ("SSE2", "sse2")) if flag in flags), None)
-    return {"cpu_model": model, "vector_isa": isa}
+    return {"cpu_model": model, "cpu_family": family, "cpu_model_number": number, "vector_isa": isa}
 
 
 def hardware(device: torch.device) -> dict:
