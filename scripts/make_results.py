@@ -417,7 +417,7 @@ def paired_differences(spec: TableSpec, groups: dict, keys: list, nll: dict) -> 
         if not diffs:
             continue
         se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-        verdict = ("better" if (statistics.mean(diffs) > 0) == spec.loglik else "worse") if len(diffs) > 1 else "—"
+        verdict = paired_verdict(statistics.mean(diffs), se, spec.loglik)
         rows.append([f"K = {k[0]} {k[1]}", objective_text(k[2], k[3]), f"{statistics.mean(diffs):+.2f}",
                      "—" if math.isnan(se) else f"{se:.2f}", str(len(diffs)), verdict])
     if not rows:
@@ -427,7 +427,17 @@ def paired_differences(spec: TableSpec, groups: dict, keys: list, nll: dict) -> 
             *md_table(["row", "trained on", f"mean difference in test {what}", "standard error", "seeds",
                        "K > 1 is"], rows), "",
             f"Difference = row minus K = 1 at the same seed ({'higher' if spec.loglik else 'lower'} is better); "
-            "`better`/`worse` is the sign of the mean, with its standard error beside it.", ""]
+            "`better`/`worse` where the mean difference is at least two standard errors from zero, `no clear "
+            "difference` where it is nearer (at one seed, `—`).", ""]
+
+
+def paired_verdict(mean: float, se: float, higher_is_better: bool) -> str:
+    """'better' / 'worse' only for a mean difference of at least two standard errors; a sign alone is noise."""
+    if math.isnan(se):
+        return "—"
+    if abs(mean) < 2.0 * se:
+        return "no clear difference"
+    return "better" if (mean > 0) == higher_is_better else "worse"
 
 
 def during_training(groups: dict, keys: list) -> list[str]:

@@ -246,9 +246,19 @@ def test_paired_differences_against_the_gaussian_row(tmp_path):
     assert "**Reproduction budget** (`cpu`)" in text and "Smoke test" not in text
     row = next(line for line in text.splitlines() if line.startswith("| K = 3 graves |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2:6] == ["+0.50", "0.12", "3", "better"], cells  # diffs 0.5, 0.3, 0.7
+    assert cells[2:6] == ["+0.50", "0.12", "3", "better"], cells  # diffs 0.5, 0.3, 0.7: 4.3 standard errors
     gauss = next(line for line in text.splitlines() if line.startswith("| 1 |"))
     assert "-97.00 ± 1.00" in gauss and "-0.20 ± 0.58" in gauss  # ours, gap to the paper's -96.80
+
+
+def test_paired_verdict_names_a_side_only_beyond_two_standard_errors():
+    """A mean difference nearer zero than two standard errors is reported as no clear difference, not by its sign."""
+    assert make_results.paired_verdict(0.5, 0.12, higher_is_better=True) == "better"
+    assert make_results.paired_verdict(-0.5, 0.12, higher_is_better=True) == "worse"
+    assert make_results.paired_verdict(-2.04, 0.03, higher_is_better=False) == "better"
+    assert make_results.paired_verdict(-0.004, 0.25, higher_is_better=False) == "no clear difference"
+    assert make_results.paired_verdict(0.49, 0.25, higher_is_better=False) == "no clear difference"
+    assert make_results.paired_verdict(0.3, float("nan"), higher_is_better=False) == "—"
 
 
 def test_latent_families_table_end_to_end(tmp_path):
