@@ -323,7 +323,8 @@ class TableSpec:
     paper_note: str = ""
     loglik: bool = False  # show log-likelihood (= -NLL), as the paper does
     budgets: dict = field(default_factory=dict)  # budget name -> catalogue entry (reproduction, note, overrides)
-    grid: dict = field(default_factory=dict)  # kind grid: {rows: <GRID_KEYS key>, cols: <GRID_KEYS key>}
+    grid: dict = field(default_factory=dict)  # kind grid: {rows: <GRID_KEYS key>, cols: <GRID_KEYS key>,
+    #                                             optional names: {label: shown name}, columns: [order]}
     metric: str = "iwae"  # what the paper's numbers are: iwae (test NLL by the IWAE bound) | elbo (negative ELBO)
 
 
@@ -638,12 +639,19 @@ def against_graves(by_seed: dict, families: list[str], labels: list[str]) -> lis
             "with the standard error of the mean difference where there are several seeds.", ""]
 
 
+def grid_key(spec: TableSpec, axis: str, cfg: dict):
+    """A run's row or column in a grid table: the GRID_KEYS value, renamed by the catalogue's `grid.names`
+    (e.g. the score function with a learned baseline and normalization is the paper's NVIL column)."""
+    key = GRID_KEYS[spec.grid[axis]](cfg)
+    return (spec.grid.get("names") or {}).get(key, key)
+
+
 def _grid_cells(spec: TableSpec, runs: list[Run], value) -> dict:
     cell = defaultdict(list)
     for r in runs:
         v = value(r)
         if v is not None:
-            cell[GRID_KEYS[spec.grid["rows"]](r.cfg), GRID_KEYS[spec.grid["cols"]](r.cfg)].append(v)
+            cell[grid_key(spec, "rows", r.cfg), grid_key(spec, "cols", r.cfg)].append(v)
     return cell
 
 
@@ -659,7 +667,7 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     nll = lambda r: r.test_nll()[1] if r.test_nll() else None  # noqa: E731
     ours = _grid_cells(spec, runs, _neg_elbo if spec.metric == "elbo" else nll)
     paper = spec.paper  # column -> row -> number
-    cols = distinct([*paper, *sorted({k[1] for k in ours}, key=str)])
+    cols = distinct([*(spec.grid.get("columns") or []), *paper, *sorted({k[1] for k in ours}, key=str)])
     rows = sorted({k[0] for k in ours} | {k for by_row in paper.values() for k in by_row}, key=lambda v: (str(
         type(v)), v))
     head = [spec.grid["rows"]]

@@ -415,6 +415,26 @@ def test_grid_table_crosses_estimators_and_models(tmp_path):
     assert "112.20 | 110.00 (n=1) | -2.20" in sf_rows[0] and "100.00 (n=1)" in sf_rows[1]
 
 
+def test_vimco_sbn_table_names_the_nvil_column_in_the_papers_order(tmp_path):
+    """The score function with a learned baseline and normalization is the paper's NVIL column, between VIMCO and
+    RWS; a run of it lands there (fake number on purpose), not in a column of its own label."""
+    cfg = _job_config("+experiment=vimco_sbn", "experiment/vimco_sbn_rows@_global_=nvil_k5", "model=discrete/sbn3")
+    d = tmp_path / "runs" / "vimco_sbn" / make_results.run_name(cfg)
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({
+        "status": "completed", "epochs": 100, "steps": 1000, "config": cfg, "data": {"test": 10000},
+        "metrics": {"test/nll_iwae1000": 111.0}, "git": {"commit": "abc"}, "hardware": {"device": "cpu"},
+        "wall_time_s": 30.0}))
+    make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "vimco_sbn",
+                       "--smoke-runs", str(tmp_path / "none")])
+    lines = (tmp_path / "out" / "vimco_sbn.md").read_text().splitlines()
+    head = next(line for line in lines if line.startswith("| samples |"))
+    assert [c.strip() for c in head.strip("|").split("|")][1::3] == ["vimco (paper)", "nvil (paper)", "rws (paper)"]
+    five = next(line for line in lines if line.startswith("| 5 |"))
+    assert [c.strip() for c in five.strip("|").split("|")][4:6] == ["—", "111.00 (n=1)"], five
+    assert "normalized" not in head
+
+
 def test_grid_table_twin_compares_the_paper_elbo_with_our_elbo():
     """The twin: read as an IWAE table (the old layout), the paper's negative ELBO would sit beside our IWAE
     bound, about 10 nats lower for these models; the catalogue says gumbel_vae's paper metric is the ELBO."""
