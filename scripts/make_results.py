@@ -217,6 +217,9 @@ def budget_status(spec: TableSpec, sweep: dict | None) -> tuple[bool, str]:
                       "numbers show that the pipeline runs end to end; they say nothing about how the methods "
                       "compare at a real budget. Each run's config.yaml records what it ran, which may predate "
                       "the experiment file described below.")
+    if entry.get("setup_differs"):
+        return False, (f"**Not the paper's setup** (`{name}`): {note}. The paper's numbers beside ours are a "
+                       "reference point, not a target.")
     if entry.get("reproduction") or (sweep or {}).get("reproduction"):
         return False, f"**Reproduction budget** (`{name}`): {note}."
     return False, (f"**Short of the paper's budget** (`{name}`): {note}. The paper's numbers beside ours are at "

@@ -125,7 +125,28 @@ def test_rows_override_the_table_values():
     sf = composed([*base, "experiment/rows@_global_=score_function_learned"])
     assert gauss.model.num_components == 1 and vimco.model.num_components == 3
     assert (vimco.train.objective, vimco.train.num_samples) == ("iwae", 5)
-    assert sf.estimator.baseline == "learned" and sf.model.hidden == [500, 500] and sf.model.latent_dim == 25
+    assert sf.estimator.baseline == "learned" and sf.model.hidden == [500] and sf.model.latent_dim == 25
+    deep = composed(["+experiment=nalisnick_dlgm_deep", "experiment/rows@_global_=score_function_learned"])
+    assert deep.model.hidden == [500, 500] and deep.estimator.baseline == "learned"
+    assert {k: v for k, v in deep.items() if k not in ("model", "logger", "hydra")} == \
+        {k: v for k, v in sf.items() if k not in ("model", "logger", "hydra")}
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_nalisnick_dlgm_builds_the_layout_of_the_papers_runs(K):
+    """The layout of the authors' code at the commits whose logs end in the paper's numbers: encoder 784-500 with
+    no activation before the heads, decoder 25-500 ReLU-784 (their mlp() puts a ReLU only between layers)."""
+    import hydra.utils
+    import torch.nn as nn
+
+    cfg = composed(["+experiment=nalisnick_dlgm", "experiment/rows@_global_=" + ("gaussian" if K == 1 else "graves")])
+    model = hydra.utils.instantiate(cfg.model, x_dim=784)
+    layers = lambda m: [(l.in_features, l.out_features) if isinstance(l, nn.Linear) else type(l).__name__
+                        for l in m.modules() if isinstance(l, (nn.Linear, nn.ReLU, nn.Tanh, nn.ELU, nn.Softplus))]
+    assert layers(model.encoder.body) == [(784, 500)]  # linear: no activation between it and the heads
+    assert layers(model.decoder) == [(25, 500), "ReLU", (500, 784)]
+    heads = {name: (l.in_features, l.out_features) for name, l in model.encoder.named_children() if name != "body"}
+    assert heads == {"logits": (500, K), "loc": (500, K * 25), "scale": (500, K * 25)}  # linear heads on the body
 
 
 @pytest.fixture(scope="module")
