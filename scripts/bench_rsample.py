@@ -310,15 +310,17 @@ def repeated(device, cell, rounds=7, budget_s=1.0, pool=True):
 
 def repeated_lines(device):
     lines = []
-    for cell, target in (((1000, 10, 50), 6), ((100, 5, 50), 3)):
+    # the two cells with a user / Normal target, and the largest one, where validation checks the most values
+    for cell, target in (((1000, 10, 50), 6), ((100, 5, 50), 3), ((100, 40, 200), None)):
         rounds = repeated(device, cell)
         ratios = [r["user"] / r["Normal"] for r in rounds]
         shares = [max(0.0, 1 - r["graves"] / r["user"]) for r in rounds]
         b, k, d = cell
         lines.append(f"- B={b}, K={k}, D={d}, user / Normal again in {len(ratios)} short rounds after the table (each "
                      f"a side-by-side median): {', '.join(f'{x:.1f}x' for x in ratios)}; median "
-                     f"{statistics.median(ratios):.1f}x (target <= {target}x); validation share median "
-                     f"{statistics.median(shares):.0%} (target <= 10%)")
+                     f"{statistics.median(ratios):.1f}x{f' (target <= {target}x)' if target else ''}; validation "
+                     f"share {', '.join(f'{x:.0%}' for x in shares)}, median {statistics.median(shares):.0%} "
+                     "(target <= 10%)")
         print(f"{device} {cell} user/Normal rounds: {', '.join(f'{x:.2f}' for x in ratios)}", flush=True)
     if MixtureOfDiagNormals is not None:
         for cell in ((100, 40, 200), (1000, 10, 50)):
