@@ -102,6 +102,48 @@ def test_compiled_backend_keeps_the_users_validation_setting():
         DiagGaussianMixture(p[0], p[1], -p[2])
 
 
+def test_compile_under_another_cpu_capability_keeps_its_own_cache(monkeypatch, tmp_path):
+    """Under ATEN_CPU_CAPABILITY the compiled code goes to <default>_aten_<capability>, so a later process at the
+    CPU's own capability never loads it; the user's own TORCHINDUCTOR_CACHE_DIR is left alone."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # tempfile.gettempdir() reads TMPDIR again
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert gt._own_inductor_cache() is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    default = os.path.abspath(default_cache_dir())
+    assert default.startswith(str(tmp_path))
+    assert gt._own_inductor_cache() == os.environ["TORCHINDUCTOR_CACHE_DIR"] == default + "_aten_avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default)  # set by inductor itself earlier in the process
+    assert gt._own_inductor_cache() == default + "_aten_avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert gt._own_inductor_cache() is None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+@pytest.mark.slow
+def test_compiled_backend_runs_after_a_process_under_another_capability(tmp_path):
+    """End to end, the case that crashed: the compile backend at B = 1000, K = 10, D = 50 in a process under
+    ATEN_CPU_CAPABILITY=avx2, then in one at the CPU's own capability with the same temporary folder (on an
+    AVX-512 machine, before the fix, the second process died of a segmentation fault)."""
+    code = ("import torch; from mixvae.distributions import DiagGaussianMixture as M; torch.manual_seed(0);"
+            "p = [torch.randn(1000, 10).requires_grad_(), torch.randn(1000, 10, 50).requires_grad_(),"
+            " torch.rand(1000, 10, 50).add(0.5).requires_grad_()];"
+            "[M(*p, validate_args=False, backend='compile').rsample().sum().backward() for _ in range(3)];"
+            "print('ok', float(p[0].grad.abs().sum()))")
+    base = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "ATEN_CPU_CAPABILITY")}
+    base["TMPDIR"] = str(tmp_path)
+    outs = []
+    for extra in ({"ATEN_CPU_CAPABILITY": "avx2"}, {}):
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0 and out.stdout.startswith("ok"), (extra, out.returncode, out.stderr[-2000:])
+        outs.append(float(out.stdout.split()[1]))
+    assert outs[0] == pytest.approx(outs[1], rel=1e-4)  # the same gradients at either capability
+    assert (tmp_path / f"torchinductor_{os.environ.get('USER') or __import__('getpass').getuser()}_aten_avx2").is_dir()
+
+
 @pytest.mark.cuda
 def test_compiled_cuda_matches_cpu_reference(backend):
     backend("auto")

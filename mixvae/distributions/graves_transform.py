@@ -244,11 +244,31 @@ def _keep_validation():
         Distribution.set_default_validate_args(validate)
 
 
+def _own_inductor_cache() -> str | None:
+    """Under ``ATEN_CPU_CAPABILITY`` (e.g. ``avx2`` on an AVX-512 machine, to measure AVX2 code), keep
+    torch.compile's on-disk cache in a folder of its own, ``<default>_aten_<capability>``, unless the user chose
+    one (``TORCHINDUCTOR_CACHE_DIR``). The cache does not tell the two apart: with torch 2.14.1 a later process at
+    the CPU's own capability loaded the code compiled under ``avx2`` and crashed with a segmentation fault in the
+    compiled Graves coefficients (B = 1000, K = 10, D = 50, AMD EPYC Zen 4). Returns the folder it chose, or None."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not capability or capability == "default":
+        return None
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = os.path.abspath(default_cache_dir())
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") not in (None, default):  # the user's own choice
+        return None
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder = f"{default}_aten_{capability}"
+    return folder
+
+
 def _compiled(fn):
     """``torch.compile(fn)``, keeping the user's torch.distributions validation setting: dynamo turns it off for
     the whole process (``Distribution.set_default_validate_args(False)``, in its one-time set-up on the first
-    torch.compile and its first compiled call), after which invalid parameters would pass silently."""
+    torch.compile and its first compiled call), after which invalid parameters would pass silently. Under
+    ``ATEN_CPU_CAPABILITY`` the compiled code goes to a cache folder of its own (:func:`_own_inductor_cache`)."""
     if fn not in _state["compiled"]:
+        _own_inductor_cache()
         with _keep_validation():
             compiled = torch.compile(fn, dynamic=None)
 
