@@ -141,7 +141,7 @@ def test_compiled_backend_runs_after_a_process_under_another_capability(tmp_path
         assert out.returncode == 0 and out.stdout.startswith("ok"), (extra, out.returncode, out.stderr[-2000:])
         outs.append(float(out.stdout.split()[1]))
     assert outs[0] == pytest.approx(outs[1], rel=1e-4)  # the same gradients at either capability
-    assert (tmp_path / f"torchinductor_{os.environ.get('USER') or __import__('getpass').getuser()}_aten_avx2").is_dir()
+    assert [p.is_dir() for p in tmp_path.glob("torchinductor_*_aten_avx2")] == [True]  # the avx2 process's own
 
 
 @pytest.mark.cuda
