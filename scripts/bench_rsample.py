@@ -335,10 +335,13 @@ def repeated_lines(device):
                          f"{r['pyro zeroed'] / r['user zeroed']:.1f}x faster than Pyro")
             print(f"{device} {cell} zeroed: user {r['user zeroed']:.3f} pyro {r['pyro zeroed']:.1f}", flush=True)
     if device == "cpu":
-        with_pool = [r["user"] for r in repeated(device, (1000, 10, 50), rounds=5)]
-        without = [r["user"] for r in repeated(device, (1000, 10, 50), rounds=5, pool=False)]
+        # rounds with and without the pool alternate, so that the machine's drift over the minutes falls on both
+        with_pool, without = [], []
+        for _ in range(5):
+            with_pool += [r["user"] for r in repeated(device, (1000, 10, 50), rounds=1)]
+            without += [r["user"] for r in repeated(device, (1000, 10, 50), rounds=1, pool=False)]
         lines.append(f"- the gradient pool and .backward() into .grad (B=1000, K=10, D=50, the user's pattern, 5 "
-                     f"rounds each): with the pool median {statistics.median(with_pool):.2f} ms, without it "
+                     f"rounds each, alternating): with the pool median {statistics.median(with_pool):.2f} ms, without it "
                      f"{statistics.median(without):.2f} ms. The first .backward() makes .grad the pooled buffer "
                      "itself; later ones add into .grad, after which the fresh gradient is free and its buffer "
                      "comes back from the pool on the next call.")
