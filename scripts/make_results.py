@@ -669,6 +669,15 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     gives our importance-sampled NLL of the same runs (no paper numbers: the paper has none)."""
     nll = lambda r: r.test_nll()[1] if r.test_nll() else None  # noqa: E731
     ours = _grid_cells(spec, runs, _neg_elbo if spec.metric == "elbo" else nll)
+    epochs = _grid_cells(spec, runs, lambda r: r.summary.get("epochs"))
+    usual = statistics.mode(r.summary.get("epochs") for r in runs) if runs else None
+
+    def cell(cells, key):
+        """mean ± std of a cell, with its epochs where they differ from the table's usual budget."""
+        text = mean_std(cells.get(key, []))
+        other = [e for e in distinct(epochs.get(key, [])) if e != usual]
+        return text + (f" [{'/'.join(map(str, distinct(epochs[key])))} epochs]" if other and key in cells else "")
+
     paper = spec.paper  # column -> row -> number
     cols = distinct([*(spec.grid.get("columns") or []), *paper, *sorted({k[1] for k in ours}, key=str)])
     rows = sorted({k[0] for k in ours} | {k for by_row in paper.values() for k in by_row}, key=lambda v: (str(
@@ -681,21 +690,23 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
         line = [str(row)]
         for col in cols:
             p = (paper.get(col) or {}).get(row)
-            line += [f"{p:.2f}" if p is not None else "—", mean_std(ours.get((row, col), [])),
+            line += [f"{p:.2f}" if p is not None else "—", cell(ours, (row, col)),
                      gap_text(ours.get((row, col), []), p, 1.0)]
         body.append(line)
     samples = "/".join(map(str, distinct(r.test_nll()[0] for r in runs if r.test_nll()))) or "?"
+    longer = (f" A cell marked [N epochs] was trained for N epochs instead of the table's {usual}, so it is not at "
+              "the same budget as the cells beside it." if any(e != usual for v in epochs.values() for e in v) else "")
     if spec.metric == "elbo":
         lines = ["Negative test ELBO (nats, the paper's metric, on the whole test set), mean ± std over seeds; `gap` "
-                 "= ours minus the paper's.", "", *md_table(head, body), ""]
+                 f"= ours minus the paper's.{longer}", "", *md_table(head, body), ""]
         iw = _grid_cells(spec, runs, nll)
         lines += [f"Our test NLL by the importance-sampled bound (IWAE-{samples}) of the same runs (the paper gives "
-                  "none):", "", *md_table([spec.grid["rows"], *cols], [[str(row), *[mean_std(iw.get((row, c), []))
-                                                                                    for c in cols]] for row in rows]),
+                  "none):", "", *md_table([spec.grid["rows"], *cols], [[str(row), *[cell(iw, (row, c)) for c in cols]]
+                                                                      for row in rows]),
                   ""]
         return [*lines, spec.paper_note, ""]
     return [f"Test NLL (nats; IWAE-{samples} on the whole test set), mean ± std over seeds; `gap` = ours minus the "
-            "paper's.", "", *md_table(head, body), "", spec.paper_note, ""]
+            f"paper's.{longer}", "", *md_table(head, body), "", spec.paper_note, ""]
 
 
 def vs_k_table(spec: TableSpec, runs: list[Run], out: Path) -> list[str]:

@@ -141,8 +141,10 @@ def test_nalisnick_dlgm_builds_the_layout_of_the_papers_runs(K):
 
     cfg = composed(["+experiment=nalisnick_dlgm", "experiment/rows@_global_=" + ("gaussian" if K == 1 else "graves")])
     model = hydra.utils.instantiate(cfg.model, x_dim=784)
-    layers = lambda m: [(l.in_features, l.out_features) if isinstance(l, nn.Linear) else type(l).__name__
-                        for l in m.modules() if isinstance(l, (nn.Linear, nn.ReLU, nn.Tanh, nn.ELU, nn.Softplus))]
+    def layers(m):
+        return [(l.in_features, l.out_features) if isinstance(l, nn.Linear) else type(l).__name__
+                for l in m.modules() if isinstance(l, (nn.Linear, nn.ReLU, nn.Tanh, nn.ELU, nn.Softplus))]
+
     assert layers(model.encoder.body) == [(784, 500)]  # linear: no activation between it and the heads
     assert layers(model.decoder) == [(25, 500), "ReLU", (500, 784)]
     heads = {name: (l.in_features, l.out_features) for name, l in model.encoder.named_children() if name != "body"}
@@ -454,6 +456,39 @@ def test_vimco_sbn_table_names_the_nvil_column_in_the_papers_order(tmp_path):
     five = next(line for line in lines if line.startswith("| 5 |"))
     assert [c.strip() for c in five.strip("|").split("|")][4:6] == ["—", "111.00 (n=1)"], five
     assert "normalized" not in head
+
+
+def _vimco_cells(tmp_path, epochs_k5: int) -> list[str]:
+    """vimco_sbn built from two fake runs, VIMCO K = 2 at 100 epochs and VIMCO K = 5 at ``epochs_k5``."""
+    for cell, epochs, nll in (("vimco_k2", 100, 100.0), ("vimco_k2b", 100, 101.0), ("vimco_k5", epochs_k5, 95.0)):
+        cfg = _job_config("+experiment=vimco_sbn", f"experiment/vimco_sbn_rows@_global_={cell.rstrip('b')}",
+                          "model=discrete/sbn3", f"seed={1 if cell.endswith('b') else 0}")
+        d = tmp_path / "runs" / "vimco_sbn" / make_results.run_name(cfg)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({
+            "status": "completed", "epochs": epochs, "steps": 1000, "config": cfg, "data": {"test": 10000},
+            "metrics": {"test/nll_iwae1000": nll}, "git": {"commit": "abc"}, "hardware": {"device": "cpu"},
+            "wall_time_s": 30.0}))
+    make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "vimco_sbn",
+                       "--smoke-runs", str(tmp_path / "none")])
+    return (tmp_path / "out" / "vimco_sbn.md").read_text().splitlines()
+
+
+def test_grid_cell_at_another_budget_says_its_epochs(tmp_path):
+    """A cell trained longer than the table's usual budget (VIMCO K = 5 at 200 epochs beside 100-epoch cells)
+    says so in the cell, and the caption says why; the usual cells carry no mark."""
+    lines = _vimco_cells(tmp_path, 200)
+    five = next(line for line in lines if line.startswith("| 5 |"))
+    two = next(line for line in lines if line.startswith("| 2 |"))
+    assert "95.00 (n=1) [200 epochs]" in five and "epochs]" not in two
+    assert any("trained for N epochs instead of the table's 100" in line for line in lines)
+
+
+def test_grid_cell_at_the_usual_budget_has_no_epochs_mark(tmp_path):
+    """The twin: the same runs all at 100 epochs read as before, with no mark and no caption."""
+    lines = _vimco_cells(tmp_path, 100)
+    assert not any("epochs]" in line for line in lines)
+    assert not any("instead of the table's" in line for line in lines)
 
 
 def test_grid_table_twin_compares_the_paper_elbo_with_our_elbo():
