@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from estimator_state import nontrivial_state
 from hydra import compose, initialize_config_dir
 from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
 from mixvae.estimators import EstimatorOutput, available, build
 from mixvae.estimators.base import reduce_samples
-from mixvae.estimators.baselines import BASELINES, LearnedBaseline, RunningMeanBaseline
+from mixvae.estimators.baselines import BASELINES
 from mixvae.estimators.disarm import DisARM
 from mixvae.estimators.score_function import ScoreFunction
 from mixvae.estimators.vimco import Vimco
@@ -145,17 +146,7 @@ def max_z(samples, reference) -> float:
 
 def configure(est):
     """float64, and every stateful part in a non-trivial state (a leaky or miscentred baseline would show)."""
-    est = est.to(DTYPE)
-    gen = torch.Generator().manual_seed(5)
-    for m in est.modules():
-        if isinstance(m, RunningMeanBaseline):
-            m.value.fill_(0.7)
-            m.initialized.fill_(True)
-        if isinstance(m, LearnedBaseline):
-            with torch.no_grad():
-                for p in m.net.parameters():
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return est
+    return nontrivial_state(est, DTYPE, seed=5)
 
 
 def _registered():
@@ -524,12 +515,14 @@ def test_unbiased_heavy_iwae3_against_all_triples(name, options, fam):
     """IWAE-3 against every 3-tuple of states, 10x the repetitions: a ~3x sharper check."""
     family = FAMILIES[fam]
     est = configure(build(name, context_dim=CONTEXT, **options))
+    if "iwae" not in est.objectives:
+        pytest.skip(f"{name} supports {est.objectives}")
     samples, _ = sampled(est, family, "iwae", S=3, seed=11, copies=200_000)
     assert max_z(samples, exact_gradient(family, "iwae", exact_value(family, "iwae", S=3))) < Z_MAX
 
 
 # ------------------------------------------------------------------------------------------------- DisARM
-# (mixvae.estimators.disarm; not yet in the registry: see the module's docstring and the issue's report)
+# (mixvae.estimators.disarm, registered as "disarm": also in the registry tests above, for the ELBO only)
 class BrokenDisARM(DisARM):
     """Broken: the sigmoid(|a|) factor of the DisARM weight is dropped."""
 

@@ -19,13 +19,14 @@ import hydra.utils
 import numpy as np
 import pytest
 import torch
+from estimator_state import nontrivial_state
 from omegaconf import OmegaConf
 
 from mixvae.diagnostics import summarize_gradients
 from mixvae.distributions import DiagGaussianMixture
 from mixvae.estimators import Estimator, EstimatorOutput, available, build, config_dir
 from mixvae.estimators.base import reduce_samples
-from mixvae.estimators.baselines import BASELINES, LearnedBaseline, RunningMeanBaseline
+from mixvae.estimators.baselines import BASELINES
 from mixvae.estimators.score_function import ScoreFunction
 
 Z_MAX = 5.0  # per-coordinate tolerance in standard errors (about 16 coordinates per test)
@@ -70,17 +71,7 @@ def make_estimator(name: str, options: dict, cls=None) -> Estimator:
     """Build in float64 with every stateful / learnable part in a non-trivial state, so that a baseline that
     leaked the current sample, or a wrongly-centred one, would show up as bias."""
     est = cls(context_dim=CONTEXT_DIM, **options) if cls else build(name, context_dim=CONTEXT_DIM, **options)
-    est = est.to(DTYPE)
-    gen = torch.Generator().manual_seed(123)
-    for module in est.modules():
-        if isinstance(module, RunningMeanBaseline):
-            module.value.fill_(0.7)
-            module.initialized.fill_(True)
-        if isinstance(module, LearnedBaseline):
-            with torch.no_grad():
-                for p in module.net.parameters():
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return est
+    return nontrivial_state(est, DTYPE, seed=123)
 
 
 # ------------------------------------------------------------------------------------------------ problems
