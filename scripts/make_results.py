@@ -676,8 +676,8 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     def cell(cells, key):
         """mean ± std of a cell, with its epochs where they differ from the table's usual budget."""
         text = mean_std(cells.get(key, []))
-        other = [e for e in distinct(epochs.get(key, [])) if e != usual]
-        return text + (f" [{'/'.join(map(str, distinct(epochs[key])))} epochs]" if other and key in cells else "")
+        elsewhere = any(e != usual for e in epochs.get(key, []))
+        return text + (f" [{'/'.join(map(str, distinct(epochs[key])))} epochs]" if elsewhere and key in cells else "")
 
     paper = spec.paper  # column -> row -> number
     cols = distinct([*(spec.grid.get("columns") or []), *paper, *sorted({k[1] for k in ours}, key=str)])
