@@ -218,21 +218,29 @@ def test_a_table_without_runs_is_a_stub_without_numbers(pipeline):
     assert "±" not in stub and "|" not in stub  # the paper's numbers are named, ours are not made up
 
 
+def _iwae_summary(objective, S, K, seed, nll, epochs=1) -> dict:
+    """A hand-written iwae_table1 run summary (fake numbers on purpose: the tests check the writer only)."""
+    cfg = {"dataset": {"name": "mnist"}, "model": {"num_components": K}, "seed": seed,
+           "estimator": {"_target_": "mixvae.estimators.graves.Graves"},
+           "train": {"objective": objective, "num_samples": S, "batch_size": 100, "max_batches": None},
+           "eval": {"max_batches": 1, "batch_size": 100}}
+    return {"status": "completed", "epochs": epochs, "steps": 500 * epochs, "config": cfg, "data": {"test": 10000},
+            "metrics": {"test/nll_iwae5000": nll, "test/elbo": -nll - 5, "time/epoch_s": 10.0},
+            "git": {"commit": "abc", "dirty": False}, "hardware": {"device": "cpu"}, "wall_time_s": 30.0}
+
+
+def _write_iwae_runs(root: Path, runs) -> None:
+    """One summary.json per (objective, S, K, seed, nll, epochs) under root/iwae_table1/r<i>/."""
+    for i, run in enumerate(runs):
+        d = root / "iwae_table1" / f"r{i}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(_iwae_summary(*run)))
+
+
 def test_iwae_table_puts_paper_numbers_beside_ours(tmp_path):
     """iwae_table1's layout from two hand-written summaries (the writer only; the numbers are fake on purpose)."""
-    def summary(objective, S, K, seed, nll):
-        cfg = {"dataset": {"name": "mnist"}, "model": {"num_components": K}, "seed": seed,
-               "estimator": {"_target_": "mixvae.estimators.graves.Graves"},
-               "train": {"objective": objective, "num_samples": S, "batch_size": 100, "max_batches": None},
-               "eval": {"max_batches": 1, "batch_size": 100}}
-        return {"status": "completed", "epochs": 1, "steps": 500, "config": cfg, "data": {"test": 10000},
-                "metrics": {"test/nll_iwae5000": nll, "test/elbo": -nll - 5, "time/epoch_s": 10.0},
-                "git": {"commit": "abc", "dirty": False}, "hardware": {"device": "cpu"}, "wall_time_s": 30.0}
-    for i, (obj, S, K, seed, nll) in enumerate([("iwae", 5, 1, 0, 100.0), ("iwae", 5, 1, 1, 102.0),
-                                                ("elbo", 1, 1, 0, 90.0), ("elbo", 5, 1, 0, 103.0)]):
-        d = tmp_path / "runs" / "iwae_table1" / f"r{i}"
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps(summary(obj, S, K, seed, nll)))
+    _write_iwae_runs(tmp_path / "runs", [("iwae", 5, 1, 0, 100.0), ("iwae", 5, 1, 1, 102.0),
+                                         ("elbo", 1, 1, 0, 90.0), ("elbo", 5, 1, 0, 103.0)])
     make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "iwae_table1"])
     text = (tmp_path / "out" / "iwae_table1.md").read_text()
     row5 = next(line for line in text.splitlines() if line.startswith("| 5 |"))
@@ -249,17 +257,7 @@ def test_iwae_table_puts_paper_numbers_beside_ours(tmp_path):
 def test_iwae_ordering_at_unequal_budgets_is_not_a_miss(tmp_path):
     """VAE k = 1 trained 1093 epochs beats VAE k = 5 at 364: the ordering line says the budgets differ and does
     not bold it as a miss of the paper's ordering (its twin, at equal budgets, is bold: the test above)."""
-    for name, S, epochs, nll in (("a", 1, 1093, 88.0), ("b", 5, 364, 89.0)):
-        cfg = {"dataset": {"name": "mnist"}, "model": {"num_components": 1}, "seed": 0,
-               "estimator": {"_target_": "mixvae.estimators.graves.Graves"},
-               "train": {"objective": "elbo", "num_samples": S, "batch_size": 100, "max_batches": None},
-               "eval": {"max_batches": None, "batch_size": 100}}
-        d = tmp_path / "runs" / "iwae_table1" / name
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({
-            "status": "completed", "epochs": epochs, "steps": 600 * epochs, "config": cfg, "data": {"test": 10000},
-            "metrics": {"test/nll_iwae5000": nll}, "git": {"commit": "abc", "dirty": False},
-            "hardware": {"device": "cpu"}, "wall_time_s": 30.0}))
+    _write_iwae_runs(tmp_path / "runs", [("elbo", 1, 1, 0, 88.0, 1093), ("elbo", 5, 1, 0, 89.0, 364)])
     make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "iwae_table1"])
     text = (tmp_path / "out" / "iwae_table1.md").read_text()
     assert ("VAE k = 5 < VAE k = 1 does not hold: 89.00 vs 88.00 (at 364 vs 1093 epochs: not the same budget)"
