@@ -327,7 +327,8 @@ class TableSpec:
     loglik: bool = False  # show log-likelihood (= -NLL), as the paper does
     budgets: dict = field(default_factory=dict)  # budget name -> catalogue entry (reproduction, note, overrides)
     grid: dict = field(default_factory=dict)  # kind grid: {rows: <GRID_KEYS key>, cols: <GRID_KEYS key>,
-    #                                             optional names: {label: shown name}, columns: [order]}
+    #                                             optional names: {label: shown name}, columns: [order],
+    #                                             pairs: [[a, b], ...] estimators compared seed by seed}
     metric: str = "iwae"  # what the paper's numbers are: iwae (test NLL by the IWAE bound) | elbo (negative ELBO)
 
 
@@ -710,6 +711,78 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
             f"paper's.{longer}", "", *md_table(head, body), "", spec.paper_note, ""]
 
 
+def _valid_curve(r: Run, metric: str) -> tuple[dict[int, float], set[str]]:
+    """(epoch -> the run's validation number in the table's direction, lower is better; the metric names read):
+    the IWAE NLL (valid/nll_iwae<N>) for an IWAE table, the negative validation ELBO for an ELBO table."""
+    curve, names = {}, set()
+    for rec in r.records:
+        key = "valid/elbo" if metric == "elbo" else next(
+            (k for k in rec if re.fullmatch(r"valid/nll_iwae\d+", k)), None)
+        v = rec.get(key) if key else None
+        if v is not None and "epoch" in rec and math.isfinite(v):
+            curve[int(rec["epoch"])] = -float(v) if metric == "elbo" else float(v)
+            names.add(key)
+    return curve, names
+
+
+def grid_pairs(spec: TableSpec, runs: list[Run]) -> list[str]:
+    """The catalogue's `grid.pairs` ([a, b] on the estimator axis): a minus b in each group of the other axis,
+    seed by seed and only between runs at the same budget (epochs), on the test number and along training on
+    the validation number at five points, so that a gap can be told from noise (over seeds) and from a budget
+    that stopped one of the two early (along training)."""
+    pairs = spec.grid.get("pairs") or []
+    if not pairs:
+        return []
+    axis = "rows" if spec.grid["rows"] == "estimator" else "cols"
+    other = "cols" if axis == "rows" else "rows"
+    test = (lambda r: _neg_elbo(r)) if spec.metric == "elbo" else (  # noqa: E731
+        lambda r: r.test_nll()[1] if r.test_nll() else None)
+    by = defaultdict(dict)  # (estimator, group) -> (seed, epochs) -> run
+    for r in runs:
+        by[grid_key(spec, axis, r.cfg), grid_key(spec, other, r.cfg)][r.cfg["seed"], r.summary.get("epochs")] = r
+    what = "negative ELBO" if spec.metric == "elbo" else "NLL"
+    lines, names = [], set()
+    for a, b in pairs:
+        groups = sorted({g for (e, g) in by if e == a} & {g for (e, g) in by if e == b}, key=lambda v: (str(
+            type(v)), v))
+        body = []
+        for g in groups:
+            for epochs in sorted({ep for (_, ep) in by[a, g]} & {ep for (_, ep) in by[b, g]}, key=str):
+                matched = [(by[a, g][s, epochs], by[b, g][s, epochs]) for (s, ep) in sorted(by[a, g], key=str)
+                           if ep == epochs and (s, epochs) in by[b, g]]
+                diffs = [test(x) - test(y) for x, y in matched if test(x) is not None and test(y) is not None]
+                if not diffs:
+                    continue
+                mean = statistics.mean(diffs)
+                se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+                read = [(_valid_curve(x, spec.metric), _valid_curve(y, spec.metric)) for x, y in matched]
+                curves = [(cx, cy) for (cx, _), (cy, _) in read]
+                names.update(n for (_, nx), (_, ny) in read for n in nx | ny)
+                common = sorted(set.intersection(*[set(cx) & set(cy) for cx, cy in curves])) if curves else []
+                points = []
+                if common:
+                    for i in range(1, 6):
+                        ep = min(common, key=lambda e: abs(e - i * common[-1] / 5))
+                        points.append(f"{statistics.mean(cx[ep] - cy[ep] for cx, cy in curves):+.2f} (epoch {ep})")
+                points += ["—"] * (5 - len(points))
+                body.append([str(g), str(epochs), str(len(diffs)), f"{mean:+.2f}",
+                             "—" if math.isnan(se) else f"{se:.2f}", paired_verdict(mean, se, False),
+                             " ".join(f"{d:+.2f}" for d in diffs), *points])
+        if not body:
+            continue
+        lines += [f"### {a} against {b}, seed by seed at the same budget", "",
+                  *md_table([spec.grid[other], "epochs", "seeds", f"test {what}: {a} minus {b}", "standard error",
+                             f"{a} is", "each seed", *[f"validation, {i}/5 of training" for i in range(1, 6)]],
+                            body), "",
+                  f"Negative numbers: {a} is better. `better`/`worse` where the mean difference is at least two "
+                  "standard errors from zero, `no clear difference` where it is nearer (at one seed, `—`). The "
+                  f"validation columns are the mean over seeds of the same difference in what training logged on "
+                  f"the validation set ({', '.join(sorted(names)) or 'nothing logged'}"
+                  f"{', negated' if spec.metric == 'elbo' else ''}), at the logged epoch nearest each fifth of the "
+                  "run: a gap that holds from early on is not one that a longer budget is closing.", ""]
+    return lines
+
+
 def vs_k_table(spec: TableSpec, runs: list[Run], out: Path) -> list[str]:
     data = defaultdict(dict)  # label -> K -> entry
     for r in runs:
@@ -847,7 +920,7 @@ def build_table(spec: TableSpec, runs_root: Path, out: Path, smoke: bool = False
     elif spec.kind == "families":
         lines += families_table(spec, runs)
     elif spec.kind == "grid":
-        lines += grid_table(spec, runs)
+        lines += grid_table(spec, runs) + grid_pairs(spec, runs)
     else:
         lines += vs_k_table(spec, runs, out)
     rel = folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder

@@ -643,3 +643,49 @@ def test_hardware_line_names_the_cpu_generation_where_the_run_recorded_it():
     new = {"cpu_model": "AMD EPYC", "cpu_family": "25", "cpu_model_number": "17", "vector_isa": "AVX-512"}
     assert make_results.cpu_numbers(new) == "family 25, model 17"
     assert make_results.cpu_numbers({"cpu_model": "AMD EPYC", "vector_isa": "AVX2"}) is None
+
+
+
+def _vimco_rws_pairs(tmp_path, rws_seed2_epochs: int) -> list[str]:
+    """The K = 5 row of vimco_sbn's VIMCO-against-RWS section, from fake runs (numbers on purpose): seeds 0 and 1
+    both at 100 epochs, VIMCO 0.4 and 0.6 behind on the test NLL and 0.5 behind at every logged validation epoch;
+    seed 2 VIMCO at 100 epochs (90.0) and RWS at ``rws_seed2_epochs`` (99.0)."""
+    cells = [("vimco_k5", 0, 100, 95.4), ("rws_k5", 0, 100, 95.0), ("vimco_k5", 1, 100, 95.6),
+             ("rws_k5", 1, 100, 95.0), ("vimco_k5", 2, 100, 90.0), ("rws_k5", 2, rws_seed2_epochs, 99.0)]
+    for cell, seed, epochs, nll in cells:
+        cfg = _job_config("+experiment=vimco_sbn", f"experiment/vimco_sbn_rows@_global_={cell}",
+                          "model=discrete/sbn3", f"seed={seed}", f"train.epochs={epochs}")
+        d = tmp_path / "runs" / "vimco_sbn" / make_results.run_name(cfg)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({
+            "status": "completed", "epochs": epochs, "steps": 1000, "config": cfg, "data": {"test": 10000},
+            "metrics": {"test/nll_iwae1000": nll}, "git": {"commit": "abc"}, "hardware": {"device": "cpu"},
+            "wall_time_s": 30.0}))
+        offset = 0.5 if cell.startswith("vimco") else 0.0
+        (d / "metrics.jsonl").write_text("\n".join(
+            json.dumps({"epoch": e, "step": 10 * e, "valid/nll_iwae100": 200.0 - e + offset})
+            for e in range(1, epochs + 1)))
+    make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "vimco_sbn",
+                       "--smoke-runs", str(tmp_path / "none")])
+    lines = (tmp_path / "out" / "vimco_sbn.md").read_text().splitlines()
+    start = lines.index("### vimco against rws, seed by seed at the same budget")
+    assert any("(valid/nll_iwae100)" in line for line in lines[start:])
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:] if line.startswith("| 5 |")]
+
+
+def test_grid_pairs_compare_vimco_and_rws_seed_by_seed_at_one_budget(tmp_path):
+    """vimco_sbn's `pairs`: VIMCO minus RWS at K = 5, matched by seed and budget, on the test NLL (mean, standard
+    error, verdict) and along training on the logged validation NLL. RWS seed 2 at 200 epochs beside VIMCO seed 2
+    at 100 is left out of the 100-epoch pair rather than set against it."""
+    rows = _vimco_rws_pairs(tmp_path, 200)
+    assert len(rows) == 1, rows
+    assert rows[0][:7] == ["5", "100", "2", "+0.50", "0.10", "worse", "+0.40 +0.60"], rows
+    assert rows[0][7:] == [f"+0.50 (epoch {e})" for e in (20, 40, 60, 80, 100)], rows
+
+
+def test_grid_pairs_twin_the_same_seed_at_the_same_budget_joins_the_pair(tmp_path):
+    """The twin: with RWS seed 2 at 100 epochs too, seed 2 is paired (VIMCO 9 nats ahead there), and the row
+    changes to three seeds, mean -2.67: what left it out before was the budget, not the seed."""
+    rows = _vimco_rws_pairs(tmp_path, 100)
+    assert len(rows) == 1 and rows[0][:3] == ["5", "100", "3"] and rows[0][3] == "-2.67", rows
+    assert rows[0][6] == "+0.40 +0.60 -9.00", rows
