@@ -460,13 +460,7 @@ def test_grid_table_crosses_estimators_and_models(tmp_path):
 def test_vimco_sbn_table_names_the_nvil_column_in_the_papers_order(tmp_path):
     """The score function with a learned baseline and normalization is the paper's NVIL column, between VIMCO and
     RWS; a run of it lands there (fake number on purpose), not in a column of its own label."""
-    cfg = _job_config("+experiment=vimco_sbn", "experiment/vimco_sbn_rows@_global_=nvil_k5", "model=discrete/sbn3")
-    d = tmp_path / "runs" / "vimco_sbn" / make_results.run_name(cfg)
-    d.mkdir(parents=True)
-    (d / "summary.json").write_text(json.dumps({
-        "status": "completed", "epochs": 100, "steps": 1000, "config": cfg, "data": {"test": 10000},
-        "metrics": {"test/nll_iwae1000": 111.0}, "git": {"commit": "abc"}, "hardware": {"device": "cpu"},
-        "wall_time_s": 30.0}))
+    _fake_sbn_run(tmp_path, "nvil_k5", 0, 100, 111.0)
     make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "vimco_sbn",
                        "--smoke-runs", str(tmp_path / "none")])
     lines = (tmp_path / "out" / "vimco_sbn.md").read_text().splitlines()
@@ -477,17 +471,24 @@ def test_vimco_sbn_table_names_the_nvil_column_in_the_papers_order(tmp_path):
     assert "normalized" not in head
 
 
+def _fake_sbn_run(tmp_path, cell: str, seed: int, epochs: int, nll: float, extra: tuple = ()) -> Path:
+    """A completed vimco_sbn run folder of the 3-layer net from the composed config of row file ``cell``, with
+    only a summary (fake test NLL on purpose)."""
+    cfg = _job_config("+experiment=vimco_sbn", f"experiment/vimco_sbn_rows@_global_={cell}", "model=discrete/sbn3",
+                      f"seed={seed}", *extra)
+    d = tmp_path / "runs" / "vimco_sbn" / make_results.run_name(cfg)
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({
+        "status": "completed", "epochs": epochs, "steps": 1000, "config": cfg, "data": {"test": 10000},
+        "metrics": {"test/nll_iwae1000": nll}, "git": {"commit": "abc"}, "hardware": {"device": "cpu"},
+        "wall_time_s": 30.0}))
+    return d
+
+
 def _vimco_cells(tmp_path, epochs_k5: int) -> list[str]:
     """vimco_sbn built from two fake runs, VIMCO K = 2 at 100 epochs and VIMCO K = 5 at ``epochs_k5``."""
     for cell, epochs, nll in (("vimco_k2", 100, 100.0), ("vimco_k2b", 100, 101.0), ("vimco_k5", epochs_k5, 95.0)):
-        cfg = _job_config("+experiment=vimco_sbn", f"experiment/vimco_sbn_rows@_global_={cell.rstrip('b')}",
-                          "model=discrete/sbn3", f"seed={1 if cell.endswith('b') else 0}")
-        d = tmp_path / "runs" / "vimco_sbn" / make_results.run_name(cfg)
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({
-            "status": "completed", "epochs": epochs, "steps": 1000, "config": cfg, "data": {"test": 10000},
-            "metrics": {"test/nll_iwae1000": nll}, "git": {"commit": "abc"}, "hardware": {"device": "cpu"},
-            "wall_time_s": 30.0}))
+        _fake_sbn_run(tmp_path, cell.rstrip("b"), 1 if cell.endswith("b") else 0, epochs, nll)
     make_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tables", "vimco_sbn",
                        "--smoke-runs", str(tmp_path / "none")])
     return (tmp_path / "out" / "vimco_sbn.md").read_text().splitlines()
@@ -653,14 +654,7 @@ def _vimco_rws_pairs(tmp_path, rws_seed2_epochs: int) -> list[str]:
     cells = [("vimco_k5", 0, 100, 95.4), ("rws_k5", 0, 100, 95.0), ("vimco_k5", 1, 100, 95.6),
              ("rws_k5", 1, 100, 95.0), ("vimco_k5", 2, 100, 90.0), ("rws_k5", 2, rws_seed2_epochs, 99.0)]
     for cell, seed, epochs, nll in cells:
-        cfg = _job_config("+experiment=vimco_sbn", f"experiment/vimco_sbn_rows@_global_={cell}",
-                          "model=discrete/sbn3", f"seed={seed}", f"train.epochs={epochs}")
-        d = tmp_path / "runs" / "vimco_sbn" / make_results.run_name(cfg)
-        d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({
-            "status": "completed", "epochs": epochs, "steps": 1000, "config": cfg, "data": {"test": 10000},
-            "metrics": {"test/nll_iwae1000": nll}, "git": {"commit": "abc"}, "hardware": {"device": "cpu"},
-            "wall_time_s": 30.0}))
+        d = _fake_sbn_run(tmp_path, cell, seed, epochs, nll, [f"train.epochs={epochs}"])
         offset = 0.5 if cell.startswith("vimco") else 0.0
         (d / "metrics.jsonl").write_text("\n".join(
             json.dumps({"epoch": e, "step": 10 * e, "valid/nll_iwae100": 200.0 - e + offset})
