@@ -660,6 +660,16 @@ def _grid_cells(spec: TableSpec, runs: list[Run], value) -> dict:
     return cell
 
 
+def _test_nll(r: Run) -> float | None:
+    nll = r.test_nll()
+    return nll[1] if nll else None
+
+
+def _paper_metric(spec: TableSpec):
+    """A run's test number in the metric of the table's paper: the negative ELBO or the IWAE-bound NLL."""
+    return _neg_elbo if spec.metric == "elbo" else _test_nll
+
+
 def _neg_elbo(r: Run) -> float | None:
     v = r.metrics.get("test/elbo")
     return -float(v) if v is not None else None
@@ -669,8 +679,7 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     """Rows x columns from `grid` in the catalogue (keys of GRID_KEYS), each cell beside the paper's in the
     paper's own metric (`metric`: the IWAE-bound NLL, or the negative ELBO); with `metric: elbo` a second table
     gives our importance-sampled NLL of the same runs (no paper numbers: the paper has none)."""
-    nll = lambda r: r.test_nll()[1] if r.test_nll() else None  # noqa: E731
-    ours = _grid_cells(spec, runs, _neg_elbo if spec.metric == "elbo" else nll)
+    ours = _grid_cells(spec, runs, _paper_metric(spec))
     epochs = _grid_cells(spec, runs, lambda r: r.summary.get("epochs"))
     usual = statistics.mode(r.summary.get("epochs") for r in runs) if runs else None
 
@@ -701,7 +710,7 @@ def grid_table(spec: TableSpec, runs: list[Run]) -> list[str]:
     if spec.metric == "elbo":
         lines = ["Negative test ELBO (nats, the paper's metric, on the whole test set), mean ± std over seeds; `gap` "
                  f"= ours minus the paper's.{longer}", "", *md_table(head, body), ""]
-        iw = _grid_cells(spec, runs, nll)
+        iw = _grid_cells(spec, runs, _test_nll)
         lines += [f"Our test NLL by the importance-sampled bound (IWAE-{samples}) of the same runs (the paper gives "
                   "none):", "", *md_table([spec.grid["rows"], *cols], [[str(row), *[cell(iw, (row, c)) for c in cols]]
                                                                       for row in rows]),
@@ -735,8 +744,7 @@ def grid_pairs(spec: TableSpec, runs: list[Run]) -> list[str]:
         return []
     axis = "rows" if spec.grid["rows"] == "estimator" else "cols"
     other = "cols" if axis == "rows" else "rows"
-    test = (lambda r: _neg_elbo(r)) if spec.metric == "elbo" else (  # noqa: E731
-        lambda r: r.test_nll()[1] if r.test_nll() else None)
+    test = _paper_metric(spec)
     by = defaultdict(dict)  # (estimator, group) -> (seed, epochs) -> run
     for r in runs:
         by[grid_key(spec, axis, r.cfg), grid_key(spec, other, r.cfg)][r.cfg["seed"], r.summary.get("epochs")] = r
@@ -748,9 +756,10 @@ def grid_pairs(spec: TableSpec, runs: list[Run]) -> list[str]:
         body = []
         for g in groups:
             for epochs in sorted({ep for (_, ep) in by[a, g]} & {ep for (_, ep) in by[b, g]}, key=str):
-                matched = [(by[a, g][s, epochs], by[b, g][s, epochs]) for (s, ep) in sorted(by[a, g], key=str)
-                           if ep == epochs and (s, epochs) in by[b, g]]
-                diffs = [test(x) - test(y) for x, y in matched if test(x) is not None and test(y) is not None]
+                seeds = sorted(s for (s, ep) in by[a, g] if ep == epochs and (s, epochs) in by[b, g])
+                matched = [(by[a, g][s, epochs], by[b, g][s, epochs]) for s in seeds]
+                values = [(test(x), test(y)) for x, y in matched]
+                diffs = [vx - vy for vx, vy in values if vx is not None and vy is not None]
                 if not diffs:
                     continue
                 mean = statistics.mean(diffs)

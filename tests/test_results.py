@@ -646,7 +646,6 @@ def test_hardware_line_names_the_cpu_generation_where_the_run_recorded_it():
     assert make_results.cpu_numbers({"cpu_model": "AMD EPYC", "vector_isa": "AVX2"}) is None
 
 
-
 def _vimco_rws_pairs(tmp_path, rws_seed2_epochs: int) -> list[str]:
     """The K = 5 row of vimco_sbn's VIMCO-against-RWS section, from fake runs (numbers on purpose): seeds 0 and 1
     both at 100 epochs, VIMCO 0.4 and 0.6 behind on the test NLL and 0.5 behind at every logged validation epoch;
