@@ -8,6 +8,11 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 MIXVAE_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export MIXVAE_DATA_DIR
 PYTEST_ARGS ?=
+# make bench: where the two files go, flags for both scripts (e.g. --cpu-time on a shared machine) and a line about
+# the machine, e.g. make bench BENCH_DIR=results/benchmarks/my_cpu BENCH_ARGS=--cpu-time BENCH_NOTE="quiet machine"
+BENCH_DIR ?= results/benchmarks
+BENCH_ARGS ?=
+BENCH_NOTE ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full lint smoke quickstart bench results clean
@@ -39,9 +44,9 @@ smoke: install ## a tiny end-to-end training run (one epoch of 20 batches, no W&
 quickstart: install ## the main job: a short mixture-VAE (Graves, K=5) training run on MNIST
 	$(PY) train.py +experiment=quickstart
 
-bench: install ## speed benchmarks -> results/benchmarks/{mixture_rsample,train_throughput}.md
-	$(PY) scripts/bench_rsample.py
-	$(PY) scripts/bench_train.py
+bench: install ## speed benchmarks -> $(BENCH_DIR)/{mixture_rsample,train_throughput}.md
+	$(PY) scripts/bench_rsample.py --out $(BENCH_DIR)/mixture_rsample.md $(BENCH_ARGS) $(if $(BENCH_NOTE),--note "$(BENCH_NOTE)")
+	$(PY) scripts/bench_train.py --out $(BENCH_DIR) $(BENCH_ARGS) $(if $(BENCH_NOTE),--note "$(BENCH_NOTE)")
 
 results: install ## rebuild results/*.md and results/*.png from the committed results/runs/ (offline, seconds)
 	$(PY) scripts/make_results.py
