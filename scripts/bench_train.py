@@ -120,6 +120,46 @@ def matmul_macs(trainer) -> int:
                for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
 
 
+def time_matmuls(trainers, device, rounds, batch=100):
+    """{name: median seconds of one step's matrix products alone}: each nn.Linear of the model on its own, forward
+    and backward at the training batch (the input gradient too, except for a layer fed by the data, as in
+    :func:`matmul_macs`), on random inputs, the configurations taking turns each round. The Gaussian step plus
+    the difference between two configurations' times is the step a configuration would take if everything but
+    its wider layers cost what the Gaussian's does: the floor its layer sizes set."""
+    def layer_jobs(trainer):
+        x_dim = trainer.data.x_dim
+        jobs = []
+        for m in trainer.model.modules():
+            if isinstance(m, torch.nn.Linear):
+                w = m.weight.detach().clone().requires_grad_()
+                b = m.bias.detach().clone().requires_grad_() if m.bias is not None else None
+                x = torch.randn(batch, m.in_features, device=device).requires_grad_(m.in_features != x_dim)
+                jobs.append((w, b, x, torch.randn(batch, m.out_features, device=device)))
+        return jobs
+
+    def run(jobs):
+        for w, b, x, g in jobs:
+            w.grad = None
+            if b is not None:
+                b.grad = None
+            x.grad = None
+            torch.nn.functional.linear(x, w, b).backward(g)
+
+    jobs = {n: layer_jobs(t) for n, t in trainers.items()}
+    for j in jobs.values():
+        for _ in range(5):
+            run(j)
+    times = {n: [] for n in trainers}
+    for _ in range(rounds):
+        for n, j in jobs.items():
+            sync(device)
+            t0 = now()
+            run(j)
+            sync(device)
+            times[n].append(now() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -322,6 +362,7 @@ def bench_device(device, args):
             for n, t in trainers.items():
                 epoch[n] = time_epoch(t, device, steps) * EPOCH_STEPS / steps
         parts = breakdown({n: trainers[n] for n in ("gaussian", "graves")}, device, 3 if quick else args.rounds)
+        mm = time_matmuls({n: trainers[n] for n in ("gaussian", "graves")}, device, 5 if quick else 4 * args.rounds)
         eval_images = min(args.eval_images if device == "cpu" else TEST_IMAGES, trainers["gaussian"].data.sizes()["test"])
         eval_samples = 50 if quick else 5000
         evals = {n: time_eval(trainers[n], device, eval_images, eval_samples) for n in ("gaussian", "graves")}
@@ -366,7 +407,11 @@ def bench_device(device, args):
         lines.append(f"- graves K = 5 step within 1.15x of the Gaussian VAE step: **{ratio:.2f}x** "
                      f"({'met' if ratio <= 1.15 else 'not met'}); the step's matrix products alone (forward and "
                      f"backward, counted from the layers) are {macs['graves'] / macs['gaussian']:.2f}x the "
-                     "Gaussian's, since the encoder's head gives K (2D + 1) outputs instead of 2D")
+                     "Gaussian's, since the encoder's head gives K (2D + 1) outputs instead of 2D. Timed alone "
+                     f"(each layer forward and backward at batch 100, side by side), they take {1e3 * mm['gaussian']:.2f} ms "
+                     f"(Gaussian) and {1e3 * mm['graves']:.2f} ms (graves): with everything else costing what the "
+                     f"Gaussian step's does, the graves step would be {(base + mm['graves'] - mm['gaussian']) / base:.2f}x "
+                     "(the floor its layer sizes set)")
     else:
         ep = epoch.get("graves", EPOCH_STEPS * median["graves"])
         lines.append(f"- one MNIST epoch, graves K = 5, under 1 s: **{ep:.2f} s** ({'met' if ep < 1 else 'not met'})")
