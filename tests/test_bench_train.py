@@ -1,5 +1,6 @@
 """scripts/bench_train.py end to end on tiny generated data, and the two model functions it made faster."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def test_bench_train_quick_writes_the_table(tmp_path):
         assert f"| {name} |" in text
     assert "within 1.15x of the Gaussian VAE step" in text and "IWAE-50 evaluation" in text
     assert "matrix products alone (the floor" in text and "C kernel path" in text
+    floor = re.search(r"the graves step would be (\d+\.\d+)x \(the floor its layer sizes set\)", text)
+    assert floor and float(floor.group(1)) > 0, text  # a number (its size depends on the load: not a timed test)
     assert "git revision" in text and "load average" in text
 
 
