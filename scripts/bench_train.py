@@ -112,29 +112,31 @@ class Batches:
         return x
 
 
+def linear_layers(trainer) -> list[tuple[torch.nn.Linear, bool]]:
+    """The model's nn.Linear layers, each with whether the data feed it (then no input gradient is taken)."""
+    x_dim = trainer.data.x_dim
+    return [(m, m.in_features == x_dim) for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)]
+
+
 def matmul_macs(trainer) -> int:
     """Multiply-adds of one step's matrix products per image, forward and backward: 3 x in x out for each
     nn.Linear (forward, input gradient, weight gradient), 2 x for a layer fed by the data (no input gradient)."""
-    x_dim = trainer.data.x_dim
-    return sum(m.in_features * m.out_features * (2 if m.in_features == x_dim else 3)
-               for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    return sum(m.in_features * m.out_features * (2 if fed else 3) for m, fed in linear_layers(trainer))
 
 
 def time_matmuls(trainers, device, rounds, batch=100):
     """{name: median seconds of one step's matrix products alone}: each nn.Linear of the model on its own, forward
     and backward at the training batch (the input gradient too, except for a layer fed by the data, as in
-    :func:`matmul_macs`), on random inputs, the configurations taking turns each round. The Gaussian step plus
+    :func:`linear_layers`), on random inputs, the configurations taking turns each round. The Gaussian step plus
     the difference between two configurations' times is the step a configuration would take if everything but
     its wider layers cost what the Gaussian's does: the floor its layer sizes set."""
     def layer_jobs(trainer):
-        x_dim = trainer.data.x_dim
         jobs = []
-        for m in trainer.model.modules():
-            if isinstance(m, torch.nn.Linear):
-                w = m.weight.detach().clone().requires_grad_()
-                b = m.bias.detach().clone().requires_grad_() if m.bias is not None else None
-                x = torch.randn(batch, m.in_features, device=device).requires_grad_(m.in_features != x_dim)
-                jobs.append((w, b, x, torch.randn(batch, m.out_features, device=device)))
+        for m, fed in linear_layers(trainer):
+            w = m.weight.detach().clone().requires_grad_()
+            b = m.bias.detach().clone().requires_grad_() if m.bias is not None else None
+            x = torch.randn(batch, m.in_features, device=device).requires_grad_(not fed)
+            jobs.append((w, b, x, torch.randn(batch, m.out_features, device=device)))
         return jobs
 
     def run(jobs):
