@@ -28,7 +28,25 @@ def test_bench_train_quick_writes_the_table(tmp_path):
     assert "matrix products alone (the floor" in text and "C kernel path" in text
     floor = re.search(r"the graves step would be (\d+\.\d+)x \(the floor its layer sizes set\)", text)
     assert floor and float(floor.group(1)) > 0, text  # a number (its size depends on the load: not a timed test)
+    assert re.search(r"adding the Graves backward .* the graves step would be \d+\.\d+x; the 1\.15x target then "
+                     r"leaves -?\d+\.\d+ ms .* which costs -?\d+\.\d+ ms here", text), text
     assert "git revision" in text and "load average" in text
+
+
+def test_unavoidable_line_adds_the_kernel_and_optimizer_to_the_matmul_floor():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench_train
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    parts = {"gaussian": {"of which graves backward": 0.0, "optimizer": 0.61},
+             "graves": {"of which graves backward": 0.23, "optimizer": 0.67}}
+    line = bench_train.unavoidable_line(6.92e-3, 8.28e-3, {"gaussian": 4.15e-3, "graves": 4.82e-3}, parts)
+    # 0.67 + 0.23 + 0.06 = 0.96 ms on a 6.92 ms step: 1.14x; 15% of 6.92 is 1.04 ms, so 0.08 ms is left, and the
+    # step's 1.36 ms of extra time less those 0.96 ms is 0.40 ms
+    assert "(+0.23 ms)" in line and "(+0.06 ms" in line and "(+0.67 ms)" in line, line
+    assert "the graves step would be 1.14x; the 1.15x target then leaves 0.08 ms" in line, line
+    assert line.endswith("which costs 0.40 ms here"), line
 
 
 @pytest.mark.parametrize("scale", [1.0, 8.0, 40.0])
