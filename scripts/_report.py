@@ -15,7 +15,10 @@ import torch
 def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        # as a run's summary counts it (mixvae.training.runtime.git_revision): results/ and Markdown files are left
+        # out, so a benchmark that rewrites its own report, or tables rebuilt beside it, do not mark the code dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)results", ":(top,exclude,glob)**/*.md"], capture_output=True,
                                text=True, check=True).stdout.strip()
         return rev.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
