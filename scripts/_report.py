@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,16 +12,15 @@ import torch
 
 
 def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        # as a run's summary counts it (mixvae.training.runtime.git_revision): results/ and Markdown files are left
-        # out, so a benchmark that rewrites its own report, or tables rebuilt beside it, do not mark the code dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                                ":(top,exclude)results", ":(top,exclude,glob)**/*.md"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return rev.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    """The short commit of the code that ran, "+dirty" when tracked code differed from it. Dirty is counted as a
+    run's summary counts it (:func:`mixvae.training.runtime.git_revision`): results/ and Markdown files are left
+    out, so a benchmark that rewrites its own report, or tables rebuilt beside it, do not mark the code dirty."""
+    from mixvae.training.runtime import git_revision as revision
+
+    info = revision()
+    if not info["commit"]:
         return "unknown"
+    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")
 
 
 def cpu_name() -> str:
