@@ -13,6 +13,8 @@ from mixvae.data.fixtures import write_fixture_root
 from mixvae.models.ops import bernoulli_log_prob, softplus
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import bench_train  # noqa: E402
 
 
 def test_bench_train_quick_writes_the_table(tmp_path):
@@ -34,11 +36,6 @@ def test_bench_train_quick_writes_the_table(tmp_path):
 
 
 def test_unavoidable_line_adds_the_kernel_and_optimizer_to_the_matmul_floor():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import bench_train
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
     parts = {"gaussian": {"of which graves backward": 0.0, "optimizer": 0.61},
              "graves": {"of which graves backward": 0.23, "optimizer": 0.67}}
     line = bench_train.unavoidable_line(6.92e-3, 8.28e-3, {"gaussian": 4.15e-3, "graves": 4.82e-3}, parts)
